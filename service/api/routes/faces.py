@@ -1,0 +1,142 @@
+"""Enrollment and enrolled faces."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi.responses import JSONResponse
+
+from service.api.deps import CollectionDep, ServicesDep
+from service.api.problems import PROBLEM_MEDIA_TYPE, problem_type
+from service.api.schemas import (
+    EnrollResponse,
+    EnrollResult,
+    FaceList,
+    FaceOut,
+    FaceQualityOut,
+    ImageErrorOut,
+    Problem,
+    SubjectId,
+)
+from service.api.uploads import read_upload
+from service.domain.enroll import (
+    FaceSelection,
+    ImageOutcome,
+    UploadedImage,
+    all_rejected_error,
+    enroll_images,
+    quality_dict,
+)
+from service.errors import InvalidRequest
+from service.storage.records import FaceRecord
+
+router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
+
+
+def face_out(record: FaceRecord) -> FaceOut:
+    return FaceOut(
+        face_id=record.face_id,
+        subject_id=record.subject_id,
+        box=record.box,
+        quality=record.quality,
+        source_hash=record.source_hash,
+        filename=record.source_name,
+        created_at=record.created_at,
+    )
+
+
+def _result(outcome: ImageOutcome) -> EnrollResult:
+    face = outcome.face
+    return EnrollResult(
+        filename=outcome.filename,
+        status="enrolled" if outcome.record is not None else "rejected",
+        face_id=outcome.record.face_id if outcome.record is not None else None,
+        box=face.face.box if face is not None else None,
+        quality=FaceQualityOut(**quality_dict(face)) if face is not None else None,
+        faces_detected=outcome.faces_detected,
+        source_hash=outcome.source_hash,
+        error=ImageErrorOut(code=outcome.error.code, detail=outcome.error.detail) if outcome.error else None,
+    )
+
+
+@router.post(
+    "/subjects/{subject_id}/faces",
+    status_code=status.HTTP_201_CREATED,
+    response_model=EnrollResponse,
+    responses={422: {"model": Problem, "description": "No image could be enrolled (per-image results inside)"}},
+)
+async def enroll_faces(
+    collection: CollectionDep,
+    subject_id: SubjectId,
+    services: ServicesDep,
+    images: Annotated[list[UploadFile], File(description="One or more JPEG/PNG/WebP images")],
+    source_hash: Annotated[
+        list[str] | None, Form(description="Optional client-side sha256 per image, in order")
+    ] = None,
+    create_subject: Annotated[bool, Query(description="Create the subject if it does not exist")] = False,
+    face_selection: Annotated[
+        FaceSelection, Query(description="strict: exactly one face per image; largest: take the largest")
+    ] = FaceSelection.strict,
+) -> EnrollResponse | JSONResponse:
+    settings = services.settings
+    if len(images) > settings.max_images_per_request:
+        raise InvalidRequest(f"At most {settings.max_images_per_request} images per request.")
+    hashes = source_hash or []
+    if hashes and len(hashes) != len(images):
+        raise InvalidRequest("Give one source_hash per image, or none.")
+    uploads = [
+        UploadedImage(
+            filename=upload.filename or f"image-{i}",
+            data=await read_upload(upload, settings.max_upload_bytes),
+            source_hash=(hashes[i].lower() if hashes else None),
+        )
+        for i, upload in enumerate(images)
+    ]
+    outcomes = await enroll_images(
+        services.engine,
+        services.gallery,
+        collection,
+        subject_id,
+        uploads,
+        selection=face_selection,
+        create_subject=create_subject,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    results = [_result(o) for o in outcomes]
+    enrolled = sum(1 for r in results if r.status == "enrolled")
+    body = EnrollResponse(
+        collection=collection,
+        subject_id=subject_id,
+        enrolled=enrolled,
+        rejected=len(results) - enrolled,
+        results=results,
+    )
+    if enrolled:
+        return body
+    error = all_rejected_error(outcomes)
+    payload = {
+        "type": problem_type(error.code),
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+        "code": error.code,
+        **body.model_dump(mode="json"),
+    }
+    return JSONResponse(payload, status_code=error.status, media_type=PROBLEM_MEDIA_TYPE)
+
+
+@router.get("/subjects/{subject_id}/faces", response_model=FaceList)
+def list_faces(collection: CollectionDep, subject_id: str, services: ServicesDep) -> FaceList:
+    return FaceList(faces=[face_out(r) for r in services.gallery.store.list_faces(collection, subject_id)])
+
+
+@router.get("/faces/{face_id}", response_model=FaceOut)
+def get_face(collection: CollectionDep, face_id: str, services: ServicesDep) -> FaceOut:
+    return face_out(services.gallery.store.get_face(collection, face_id))
+
+
+@router.delete("/faces/{face_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_face(collection: CollectionDep, face_id: str, services: ServicesDep) -> Response:
+    services.gallery.delete_face(collection, face_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

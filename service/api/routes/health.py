@@ -1,0 +1,56 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.deps import Services, ServicesDep
+from service.api.schemas import Health
+from sqlalchemy.exc import SQLAlchemyError
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is alive and serving HTTP."""
+    return Health(status="ok")
+
+
+def _readiness(services: Services | None) -> tuple[bool, dict[str, object]]:
+    if services is None:
+        return False, {"model": "loading"}
+    checks: dict[str, object] = {"model": services.card.name, "execution_provider": services.provider}
+    ready = True
+    try:
+        services.gallery.store.ping()
+        checks["store"] = "ok"
+        stale = services.gallery.indexes.out_of_sync()
+        checks["index"] = "in_sync" if not stale else f"out_of_sync: {stale}"
+        ready = not stale
+    except SQLAlchemyError:
+        logger.warning("readiness: store unreachable", exc_info=True)
+        checks["store"] = "unreachable"
+        ready = False
+    return ready, checks
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+async def readyz(request: Request) -> Response:
+    """Model loaded, store reachable, every index the size of its collection in the store."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    ready, checks = await asyncio.to_thread(_readiness, services)
+    body = Health(status="ready" if ready else "not_ready", checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response, include_in_schema=True)
+def metrics(services: ServicesDep) -> Response:
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,62 @@
+"""1:N identification."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, UploadFile
+
+from service.api.deps import CollectionDep, ServicesDep
+from service.api.schemas import CandidateOut, FaceQualityOut, IdentifiedFace, IdentifyResponse, Problem
+from service.api.uploads import read_upload
+from service.domain.enroll import quality_dict
+from service.domain.gallery import Candidate
+from service.domain.search import identify
+
+router = APIRouter(prefix="/v1/collections/{collection}", tags=["identify"])
+
+
+def candidate_out(c: Candidate) -> CandidateOut:
+    return CandidateOut(subject_id=c.subject_id, face_id=c.face_id, distance=c.distance, similarity=c.similarity)
+
+
+@router.post(
+    "/identify",
+    response_model=IdentifyResponse,
+    responses={422: {"model": Problem, "description": "No face found or unusable image"}},
+)
+async def identify_faces(
+    collection: CollectionDep,
+    services: ServicesDep,
+    image: Annotated[UploadFile, File(description="A JPEG/PNG/WebP photo")],
+    top_k: Annotated[int | None, Query(ge=1, le=100, description="Candidates per face (default 5)")] = None,
+    threshold: Annotated[
+        float | None, Query(ge=0.0, le=4.0, description="Max squared distance for a match (default: model's)")
+    ] = None,
+    max_faces: Annotated[int | None, Query(ge=1, le=100, description="Faces to identify, largest first")] = None,
+) -> IdentifyResponse:
+    settings = services.settings
+    data = await read_upload(image, settings.max_upload_bytes, strict=True)
+    chosen_threshold = services.engine.threshold(threshold)
+    results = await identify(
+        services.engine,
+        services.gallery,
+        collection,
+        data,
+        top_k=top_k or settings.default_top_k,
+        threshold=chosen_threshold,
+        max_faces=max_faces or settings.default_max_faces,
+    )
+    return IdentifyResponse(
+        collection=collection,
+        threshold=chosen_threshold,
+        faces=[
+            IdentifiedFace(
+                box=r.face.box,
+                quality=FaceQualityOut(**quality_dict(r.face.analyzed)),
+                candidates=[candidate_out(c) for c in r.candidates],
+                match=candidate_out(r.match) if r.match is not None else None,
+            )
+            for r in results
+        ],
+    )

@@ -1,0 +1,171 @@
+"""Request and response bodies of the HTTP API (the OpenAPI document is generated from these)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+CollectionName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+]
+SubjectId = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,127}$")
+]
+
+
+def _round_box(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    return (round(box[0], 1), round(box[1], 1), round(box[2], 1), round(box[3], 1))
+
+
+Box = Annotated[
+    tuple[float, float, float, float],
+    AfterValidator(_round_box),
+    Field(description="x, y, width, height in pixels of the uploaded (EXIF-upright) image"),
+]
+Distance = Annotated[float, Field(ge=0.0, le=4.0, description="Squared L2 distance of unit vectors, [0, 4]")]
+Similarity = Annotated[float, Field(ge=-1.0, le=1.0, description="Cosine similarity, 1 − distance/2")]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str | None = None
+
+
+class CollectionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: CollectionName
+    description: Annotated[str, Field(max_length=1024)] = ""
+
+
+class CollectionOut(BaseModel):
+    name: str
+    description: str
+    created_at: datetime
+    subject_count: int
+    face_count: int
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionOut]
+
+
+class SubjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject_id: SubjectId
+    name: Annotated[str, Field(max_length=256)] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class SubjectPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(max_length=256)] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class SubjectOut(BaseModel):
+    subject_id: str
+    name: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    face_count: int
+
+
+class SubjectPage(BaseModel):
+    items: list[SubjectOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class FaceQualityOut(BaseModel):
+    face_size_px: float
+    detector_score: float
+    sharpness: float
+    passed: bool
+    reasons: list[str]
+
+
+class FaceOut(BaseModel):
+    face_id: str
+    subject_id: str
+    box: Box
+    quality: dict[str, Any]
+    source_hash: str | None
+    filename: str | None
+    created_at: datetime
+
+
+class FaceList(BaseModel):
+    faces: list[FaceOut]
+
+
+class ImageErrorOut(BaseModel):
+    code: str
+    detail: str
+
+
+class EnrollResult(BaseModel):
+    filename: str
+    status: Literal["enrolled", "rejected"]
+    face_id: str | None = None
+    box: Box | None = None
+    quality: FaceQualityOut | None = None
+    faces_detected: int = 0
+    source_hash: str | None = None
+    error: ImageErrorOut | None = None
+
+
+class EnrollResponse(BaseModel):
+    collection: str
+    subject_id: str
+    enrolled: int
+    rejected: int
+    results: list[EnrollResult]
+
+
+class CandidateOut(BaseModel):
+    subject_id: str
+    face_id: str
+    distance: Distance
+    similarity: Similarity
+
+
+class IdentifiedFace(BaseModel):
+    box: Box
+    quality: FaceQualityOut
+    candidates: list[CandidateOut]
+    match: CandidateOut | None
+
+
+class IdentifyResponse(BaseModel):
+    collection: str
+    threshold: Distance
+    faces: list[IdentifiedFace]
+
+
+class VerifyResponse(BaseModel):
+    distance: Distance
+    similarity: Similarity
+    threshold: Distance
+    match: bool
+    box_a: Box | None = None
+    box_b: Box | None = None
+    face_id: str | None = Field(default=None, description="The subject's closest enrolled face")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready", "not_ready"]
+    checks: dict[str, Any] = Field(default_factory=dict)

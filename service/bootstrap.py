@@ -1,0 +1,74 @@
+"""Wiring: builds the long-lived objects from Settings (once, in the app lifespan)."""
+
+from __future__ import annotations
+
+import logging
+
+from service.api.deps import KeyRing, Services
+from service.domain.faces import FaceEngine
+from service.domain.gallery import Gallery
+from service.index.faiss_index import IndexRegistry
+from service.observability import Metrics
+from service.runtime.analyzer import FaceAnalyzer
+from service.runtime.batcher import EmbeddingBatcher
+from service.runtime.embedder import load_detector, load_embedder
+from service.runtime.onnx_session import active_provider
+from service.runtime.quality import QualityConfig
+from service.settings import Settings
+from service.storage.store import FaceStore
+
+logger = logging.getLogger(__name__)
+
+
+def build_services(settings: Settings, metrics: Metrics) -> Services:
+    embedder, card = load_embedder(
+        settings.model_dir, settings.embedder_card, settings.execution_provider, settings.intra_op_threads
+    )
+    detector = load_detector(
+        settings.model_dir / settings.detector_model,
+        settings.execution_provider,
+        settings.intra_op_threads,
+        settings.detector_score_threshold,
+        settings.detection_max_side,
+    )
+    provider = active_provider(embedder.session)
+    logger.info("embedding model %s (%d-d) on %s", card.name, card.embedding_dim, provider)
+    analyzer = FaceAnalyzer(
+        detector,
+        embedder.input_size,
+        QualityConfig(
+            min_face_size_px=settings.min_face_size_px,
+            min_detector_score=settings.min_detector_score,
+            min_sharpness=settings.min_sharpness,
+        ),
+    )
+    batcher = EmbeddingBatcher(
+        embedder,
+        enabled=settings.batching_enabled,
+        max_batch=settings.batch_max_size,
+        max_wait_ms=settings.batch_max_wait_ms,
+        on_batch=metrics.record_batch,
+    )
+    threshold = settings.default_threshold if settings.default_threshold is not None else card.threshold
+    engine = FaceEngine(
+        analyzer,
+        batcher,
+        default_threshold=threshold,
+        max_image_pixels=settings.max_image_pixels,
+        on_faces=metrics.faces_detected.inc,
+    )
+    store = FaceStore.from_url(settings.database_url)
+    indexes = IndexRegistry(store, card.embedding_dim, settings.index_dir, use_gpu=settings.use_gpu_index)
+    indexes.load_all([c.pk for c in store.list_collections()])
+    gallery = Gallery(store, indexes)
+    metrics.watch_index(gallery.index_sizes_by_name)
+    logger.info("default threshold %.3f (squared L2); store %s", threshold, store.dialect)
+    return Services(
+        settings=settings,
+        gallery=gallery,
+        engine=engine,
+        card=card,
+        metrics=metrics,
+        keyring=KeyRing.parse(settings.api_keys),
+        provider=provider,
+    )

@@ -1,0 +1,116 @@
+"""Collections, subjects and faces: the store and the index changed together, store first.
+
+A write is acknowledged only after the store commit and the index update; a crash between the
+two is repaired at start-up because the index is rebuilt from (or verified against) the store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.index.faiss_index import CollectionIndex, IndexRegistry
+from service.storage.records import CollectionRecord, FaceRecord, NewFace, SubjectRecord
+from service.storage.store import FaceStore
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    subject_id: str
+    face_id: str
+    similarity: float  # cosine
+    distance: float  # squared L2 in [0, 4]
+
+
+class Gallery:
+    """The only writer of the store and the indexes."""
+
+    def __init__(self, store: FaceStore, indexes: IndexRegistry) -> None:
+        self.store = store
+        self.indexes = indexes
+        self._write_lock = threading.Lock()
+
+    # -- collections -----------------------------------------------------------------------
+
+    def create_collection(self, name: str, description: str) -> CollectionRecord:
+        with self._write_lock:
+            record = self.store.create_collection(name, description)
+            self.indexes.get(record.pk)
+            return record
+
+    def delete_collection(self, name: str) -> None:
+        with self._write_lock:
+            pk = self.store.delete_collection(name)
+            self.indexes.drop(pk)
+
+    def index_sizes_by_name(self) -> dict[str, int]:
+        sizes = self.indexes.sizes()
+        return {c.name: sizes.get(c.pk, 0) for c in self.store.list_collections()}
+
+    # -- subjects --------------------------------------------------------------------------
+
+    def create_subject(
+        self, collection: str, subject_id: str, name: str | None, meta: dict[str, Any]
+    ) -> SubjectRecord:
+        return self.store.create_subject(collection, subject_id, name, meta)
+
+    def delete_subject(self, collection: str, subject_id: str) -> None:
+        with self._write_lock:
+            coll_pk, face_pks = self.store.delete_subject(collection, subject_id)
+            self.indexes.get(coll_pk).remove(np.asarray(face_pks, dtype=np.int64))
+
+    # -- faces -----------------------------------------------------------------------------
+
+    def add_faces(
+        self, collection: str, subject_id: str, faces: Sequence[NewFace], *, create_subject: bool
+    ) -> list[FaceRecord]:
+        with self._write_lock:
+            records = self.store.add_faces(collection, subject_id, faces, create_subject=create_subject)
+            if records:
+                ids = np.fromiter((r.pk for r in records), dtype=np.int64, count=len(records))
+                vectors = np.stack([f.embedding for f in faces]).astype(np.float32)
+                self.indexes.get(records[0].collection_pk).add(ids, vectors)
+            return records
+
+    def delete_face(self, collection: str, face_id: str) -> FaceRecord:
+        with self._write_lock:
+            record = self.store.delete_face(collection, face_id)
+            self.indexes.get(record.collection_pk).remove(np.asarray([record.pk], dtype=np.int64))
+            return record
+
+    # -- search ----------------------------------------------------------------------------
+
+    def search(self, collection: str, queries: NDArray[np.float32], top_k: int) -> list[list[Candidate]]:
+        """Per query, the ``top_k`` best subjects, each represented by its closest face."""
+        coll = self.store.get_collection(collection)
+        index = self.indexes.get(coll.pk)
+        results: list[list[Candidate]] = []
+        for query in np.atleast_2d(queries):
+            results.append(self._rank_subjects(index, query, top_k))
+        return results
+
+    def _rank_subjects(self, index: CollectionIndex, query: NDArray[np.float32], top_k: int) -> list[Candidate]:
+        ntotal = index.ntotal
+        if ntotal == 0:
+            return []
+        k = min(ntotal, max(top_k * 8, 32))
+        while True:
+            sims, pks = index.search(query[None, :], k)
+            hits = [(int(pk), float(sim)) for pk, sim in zip(pks[0], sims[0], strict=True) if pk >= 0]
+            owners = self.store.faces_by_pk([pk for pk, _ in hits])
+            best: dict[str, Candidate] = {}
+            for pk, sim in hits:  # FAISS returns hits best first
+                owner = owners.get(pk)
+                if owner is None or owner[1] in best:
+                    continue
+                face_id, subject_id = owner
+                distance = float(np.clip(2.0 - 2.0 * sim, 0.0, 4.0))
+                best[subject_id] = Candidate(subject_id, face_id, float(np.clip(sim, -1.0, 1.0)), distance)
+            if len(best) >= top_k or k >= ntotal:
+                return sorted(best.values(), key=lambda c: c.distance)[:top_k]
+            k = min(ntotal, k * 4)

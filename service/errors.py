@@ -1,0 +1,110 @@
+"""Domain errors: every failure a client can cause or see, with a stable code and HTTP status.
+
+The HTTP layer maps these to RFC 9457 problem+json in one place (service/api/problems.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """Base class: ``code`` is stable and documented, ``status`` the HTTP status it maps to."""
+
+    code: str = "internal_error"
+    status: int = 500
+    title: str = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class NotFound(ServiceError):
+    code, status, title = "not_found", 404, "Not found"
+
+
+class CollectionNotFound(NotFound):
+    code = "collection_not_found"
+    title = "Collection not found"
+
+
+class SubjectNotFound(NotFound):
+    code = "subject_not_found"
+    title = "Subject not found"
+
+
+class FaceNotFound(NotFound):
+    code = "face_not_found"
+    title = "Face not found"
+
+
+class Conflict(ServiceError):
+    code, status, title = "conflict", 409, "Conflict"
+
+
+class CollectionExists(Conflict):
+    code = "collection_exists"
+    title = "Collection already exists"
+
+
+class SubjectExists(Conflict):
+    code = "subject_exists"
+    title = "Subject already exists"
+
+
+class InvalidRequest(ServiceError):
+    code, status, title = "invalid_request", 400, "Invalid request"
+
+
+class PayloadTooLarge(ServiceError):
+    code, status, title = "payload_too_large", 413, "Payload too large"
+
+
+class UnsupportedMediaType(ServiceError):
+    code, status, title = "unsupported_media_type", 415, "Unsupported media type"
+
+
+class ImageError(ServiceError):
+    """An image that was accepted as a file but cannot be used (undecodable, too many pixels...)."""
+
+    code, status, title = "invalid_image", 422, "Invalid image"
+
+
+class ImageTooManyPixels(ImageError):
+    code = "image_too_many_pixels"
+    title = "Image has too many pixels"
+
+
+class FaceError(ServiceError):
+    """The image is fine but its faces are not usable for the operation."""
+
+    code, status, title = "face_error", 422, "Face not usable"
+
+
+class NoFaceFound(FaceError):
+    code = "no_face"
+    title = "No face found"
+
+
+class MultipleFaces(FaceError):
+    code = "multiple_faces"
+    title = "More than one face found"
+
+
+class LowQualityFace(FaceError):
+    code = "low_quality"
+    title = "Face quality too low"
+
+
+class Unauthorized(ServiceError):
+    code, status, title = "unauthorized", 401, "Missing or invalid API key"
+
+
+class Forbidden(ServiceError):
+    code, status, title = "forbidden", 403, "API key not allowed for this collection"
+
+
+class NotReady(ServiceError):
+    code, status, title = "not_ready", 503, "Service not ready"

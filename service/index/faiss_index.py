@@ -1,0 +1,249 @@
+"""Exact inner-product search over unit vectors, one FAISS index per collection.
+
+The index is a cache of the store: it is rebuilt from it, or loaded from a snapshot only when the
+snapshot's revision matches the store's, so a crash can never leave it ahead of or behind the truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import faiss
+import numpy as np
+from numpy.typing import NDArray
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddingSource(Protocol):
+    """What the registry needs from the store to rebuild and verify."""
+
+    def collection_revision(self, collection_pk: int) -> int: ...
+
+    def face_count(self, collection_pk: int) -> int: ...
+
+    def iter_embeddings(
+        self, collection_pk: int, batch_size: int = ...
+    ) -> Any: ...  # Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]
+
+
+def gpu_available() -> bool:
+    get_num_gpus = getattr(faiss, "get_num_gpus", None)
+    return bool(get_num_gpus is not None and get_num_gpus() > 0)
+
+
+class CollectionIndex:
+    """``IndexIDMap2(IndexFlatIP)`` keyed by the store's int64 face pk; thread-safe."""
+
+    def __init__(self, dim: int, *, use_gpu: bool = False, index: faiss.Index | None = None) -> None:
+        self.dim = dim
+        self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self._lock = threading.RLock()
+        self._use_gpu = use_gpu and gpu_available()
+        self._gpu_resources: Any = None
+        self._gpu_flat: Any = None  # mirror of the flat storage, rebuilt lazily after writes
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    def add(self, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
+        if len(ids) == 0:
+            return
+        vectors = _as_unit_rows(vectors, self.dim)
+        with self._lock:
+            self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
+            self._gpu_flat = None
+
+    def remove(self, ids: NDArray[np.int64]) -> int:
+        if len(ids) == 0:
+            return 0
+        with self._lock:
+            removed = int(self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
+            self._gpu_flat = None
+            return removed
+
+    def search(
+        self, queries: NDArray[np.float32], k: int
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """Top-k cosine similarities and face pks per query (pk −1 pads when fewer exist)."""
+        queries = _as_unit_rows(queries, self.dim)
+        with self._lock:
+            k = max(1, min(k, self.ntotal)) if self.ntotal else 1
+            if self.ntotal == 0:
+                empty_s = np.full((len(queries), 0), -1.0, dtype=np.float32)
+                return empty_s, np.full((len(queries), 0), -1, dtype=np.int64)
+            if self._use_gpu:
+                return self._search_gpu(queries, k)
+            sims, ids = self._index.search(queries, k)
+        return np.ascontiguousarray(sims, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
+
+    def _search_gpu(self, queries: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        if self._gpu_flat is None:
+            if self._gpu_resources is None:
+                self._gpu_resources = faiss.StandardGpuResources()
+            self._gpu_flat = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self._index.index)
+        sims, positions = self._gpu_flat.search(queries, k)
+        id_map = faiss.vector_to_array(self._index.id_map)
+        ids = np.where(positions >= 0, id_map[np.clip(positions, 0, None)], -1)
+        return np.ascontiguousarray(sims, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
+
+    def ids(self) -> NDArray[np.int64]:
+        with self._lock:
+            return np.sort(faiss.vector_to_array(self._index.id_map).astype(np.int64))
+
+    def save(self, path: Path) -> None:
+        """Atomic snapshot: write a temp file, then rename over the old one."""
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with self._lock:
+            faiss.write_index(self._index, str(tmp))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, dim: int, *, use_gpu: bool = False) -> CollectionIndex:
+        index = faiss.read_index(str(path))
+        if index.d != dim:
+            raise ValueError(f"snapshot dim {index.d} != model dim {dim}")
+        return cls(dim, use_gpu=use_gpu, index=index)
+
+
+def _as_unit_rows(vectors: NDArray[np.float32], dim: int) -> NDArray[np.float32]:
+    array = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim).copy()
+    faiss.normalize_L2(array)
+    return array
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotManifest:
+    collection_pk: int
+    revision: int
+    ntotal: int
+    dim: int
+
+
+class IndexRegistry:
+    """Every collection's index, kept equal to the store."""
+
+    def __init__(self, store: EmbeddingSource, dim: int, snapshot_dir: Path, *, use_gpu: bool = False) -> None:
+        self._store = store
+        self._dim = dim
+        self._dir = snapshot_dir
+        self._use_gpu = use_gpu and gpu_available()
+        self._indexes: dict[int, CollectionIndex] = {}
+        self._lock = threading.Lock()
+        if use_gpu and not self._use_gpu:
+            logger.info("FAISS GPU not available; using the CPU flat index")
+        elif self._use_gpu:
+            logger.info("FAISS GPU search enabled")
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def load_all(self, collection_pks: list[int]) -> None:
+        """At start-up: load each verified snapshot, rebuild the rest from the store."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        for pk in collection_pks:
+            self._indexes[pk] = self._load_or_rebuild(pk)
+        known = set(collection_pks)
+        for stale in self._dir.glob("collection-*.faiss"):
+            if _pk_from_name(stale) not in known:
+                _remove_snapshot(stale)
+
+    def _load_or_rebuild(self, pk: int) -> CollectionIndex:
+        revision = self._store.collection_revision(pk)
+        count = self._store.face_count(pk)
+        index_path, manifest_path = self._paths(pk)
+        if index_path.exists() and manifest_path.exists():
+            try:
+                manifest = SnapshotManifest(**json.loads(manifest_path.read_text()))
+                if (manifest.revision, manifest.ntotal, manifest.dim) == (revision, count, self._dim):
+                    index = CollectionIndex.load(index_path, self._dim, use_gpu=self._use_gpu)
+                    if index.ntotal == count:
+                        logger.info("collection %d: loaded snapshot (%d faces, revision %d)", pk, count, revision)
+                        return index
+                logger.info("collection %d: snapshot stale (store revision %d); rebuilding", pk, revision)
+            except (ValueError, TypeError, OSError, RuntimeError) as exc:
+                logger.warning("collection %d: unreadable snapshot (%s); rebuilding", pk, exc)
+        return self.rebuild(pk)
+
+    def rebuild(self, pk: int) -> CollectionIndex:
+        started = time.perf_counter()
+        index = CollectionIndex(self._dim, use_gpu=self._use_gpu)
+        for ids, vectors in self._store.iter_embeddings(pk):
+            index.add(ids, vectors)
+        with self._lock:
+            self._indexes[pk] = index
+        logger.info(
+            "collection %d: rebuilt index from the store (%d faces, %.2fs)",
+            pk,
+            index.ntotal,
+            time.perf_counter() - started,
+        )
+        return index
+
+    def get(self, pk: int) -> CollectionIndex:
+        with self._lock:
+            index = self._indexes.get(pk)
+            if index is None:
+                index = CollectionIndex(self._dim, use_gpu=self._use_gpu)
+                self._indexes[pk] = index
+            return index
+
+    def drop(self, pk: int) -> None:
+        with self._lock:
+            self._indexes.pop(pk, None)
+        for path in self._paths(pk):
+            _remove_snapshot(path)
+
+    def sizes(self) -> dict[int, int]:
+        with self._lock:
+            return {pk: index.ntotal for pk, index in self._indexes.items()}
+
+    def out_of_sync(self) -> list[int]:
+        """Collections whose index size differs from the store's face count."""
+        return [pk for pk, n in self.sizes().items() if n != self._store.face_count(pk)]
+
+    def save_snapshots(self) -> None:
+        """Persist every index with the store revision it reflects (on clean shutdown)."""
+        self._dir.mkdir(parents=True, exist_ok=True)
+        for pk, index in list(self._indexes.items()):
+            revision = self._store.collection_revision(pk)
+            if index.ntotal != self._store.face_count(pk):
+                continue
+            index_path, manifest_path = self._paths(pk)
+            index.save(index_path)
+            manifest = SnapshotManifest(pk, revision, index.ntotal, self._dim)
+            tmp = manifest_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(_asdict(manifest)))
+            tmp.replace(manifest_path)
+
+    def _paths(self, pk: int) -> tuple[Path, Path]:
+        return self._dir / f"collection-{pk}.faiss", self._dir / f"collection-{pk}.json"
+
+
+def _asdict(manifest: SnapshotManifest) -> dict[str, int]:
+    return {
+        "collection_pk": manifest.collection_pk,
+        "revision": manifest.revision,
+        "ntotal": manifest.ntotal,
+        "dim": manifest.dim,
+    }
+
+
+def _pk_from_name(path: Path) -> int:
+    try:
+        return int(path.stem.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def _remove_snapshot(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_suffix(".json").unlink(missing_ok=True)

@@ -1,0 +1,57 @@
+"""Shared shapes of the face front end: what a detector returns and what an embedder takes.
+
+Images are always RGB ``uint8`` arrays of shape (H, W, 3), C-contiguous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+RGBImage = NDArray[np.uint8]
+Embeddings = NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class DetectedFace:
+    """One face in original-image pixel coordinates.
+
+    ``landmarks`` is (5, 2) float32 in the order: right eye, left eye, nose tip,
+    right mouth corner, left mouth corner (subject's right = image left), the
+    order of the ArcFace 112x112 template.
+    """
+
+    box: tuple[float, float, float, float]  # x, y, w, h
+    score: float
+    landmarks: NDArray[np.float32]
+
+    @property
+    def area(self) -> float:
+        return self.box[2] * self.box[3]
+
+
+class FaceDetector(Protocol):
+    """Finds faces and their 5 landmarks; the seam where detection plugs in."""
+
+    def detect(self, image: RGBImage) -> list[DetectedFace]:
+        """All faces above the detector's score threshold, largest first."""
+        ...
+
+
+class Embedder(Protocol):
+    """Maps aligned crops to L2-normalised embeddings."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) of the aligned crop the model expects."""
+        ...
+
+    def embed(self, crops: NDArray[np.uint8]) -> Embeddings:
+        """(N, H, W, 3) RGB uint8 aligned crops → (N, dim) float32, unit L2 norm, C-contiguous."""
+        ...

@@ -1,0 +1,587 @@
+"""The durable store: the source of truth every index is rebuilt from.
+
+SQLite (WAL, synchronous=FULL) by default, PostgreSQL through the same SQLAlchemy Core code.
+Every write is one transaction; a face row carries its embedding, so a face is either fully
+enrolled or absent, whatever moment the process dies at.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Row,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from service.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    FaceNotFound,
+    SubjectExists,
+    SubjectNotFound,
+)
+from service.storage.records import CollectionRecord, FaceRecord, NewFace, SubjectRecord
+
+logger = logging.getLogger(__name__)
+
+metadata_obj = MetaData()
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+collections_table = Table(
+    "collections",
+    metadata_obj,
+    Column("pk", _Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("description", String(1024), nullable=False, default=""),
+    Column("revision", BigInteger, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+subjects_table = Table(
+    "subjects",
+    metadata_obj,
+    Column("pk", _Id, primary_key=True, autoincrement=True),
+    Column("collection_pk", _Id, ForeignKey("collections.pk", ondelete="CASCADE"), nullable=False),
+    Column("subject_id", String(128), nullable=False),
+    Column("name", String(256), nullable=True),
+    Column("meta", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("collection_pk", "subject_id", name="uq_subject_per_collection"),
+    sqlite_autoincrement=True,
+)
+
+faces_table = Table(
+    "faces",
+    metadata_obj,
+    Column("pk", _Id, primary_key=True, autoincrement=True),
+    Column("face_id", String(36), nullable=False, unique=True),
+    Column("collection_pk", _Id, ForeignKey("collections.pk", ondelete="CASCADE"), nullable=False),
+    Column("subject_pk", _Id, ForeignKey("subjects.pk", ondelete="CASCADE"), nullable=False),
+    Column("embedding", LargeBinary, nullable=False),
+    Column("box", JSON, nullable=False),
+    Column("quality", JSON, nullable=False),
+    Column("source_hash", String(64), nullable=True),
+    Column("source_name", String(512), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_faces_collection", "collection_pk", "pk"),
+    Index("ix_faces_subject", "subject_pk"),
+    # Never reuse a pk: FAISS ids and snapshots must not alias a deleted row.
+    sqlite_autoincrement=True,
+)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite drops the zone; everything we stored is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def make_engine(url: str) -> Engine:
+    """Create the engine; SQLite gets WAL, full fsync on commit and enforced foreign keys."""
+    if url.startswith("sqlite"):
+        db_path = url.split("///", 1)[-1]
+        if db_path and db_path != ":memory:":
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+class FaceStore:
+    """Collections, subjects and faces (with embeddings), one transaction per write."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> FaceStore:
+        store = cls(make_engine(url))
+        store.create_schema()
+        return store
+
+    @property
+    def dialect(self) -> str:
+        return self._engine.dialect.name
+
+    def create_schema(self) -> None:
+        metadata_obj.create_all(self._engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def ping(self) -> None:
+        with self._engine.connect() as conn:
+            conn.execute(select(1))
+
+    # -- collections -------------------------------------------------------------------------
+
+    def create_collection(self, name: str, description: str = "") -> CollectionRecord:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    insert(collections_table).values(
+                        name=name, description=description, revision=0, created_at=_now()
+                    )
+                )
+        except IntegrityError as exc:
+            raise CollectionExists(f"Collection '{name}' already exists.", collection=name) from exc
+        return self.get_collection(name)
+
+    def list_collections(self) -> list[CollectionRecord]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(collections_table).order_by(collections_table.c.name)).all()
+            return [self._collection_with_counts(conn, row) for row in rows]
+
+    def get_collection(self, name: str) -> CollectionRecord:
+        with self._engine.connect() as conn:
+            return self._collection_with_counts(conn, self._collection_row(conn, name))
+
+    def delete_collection(self, name: str) -> int:
+        """Delete a collection with its subjects and faces; returns its primary key."""
+        with self._engine.begin() as conn:
+            row = self._collection_row(conn, name)
+            conn.execute(delete(faces_table).where(faces_table.c.collection_pk == row.pk))
+            conn.execute(delete(subjects_table).where(subjects_table.c.collection_pk == row.pk))
+            conn.execute(delete(collections_table).where(collections_table.c.pk == row.pk))
+            return int(row.pk)
+
+    def collection_revision(self, collection_pk: int) -> int:
+        with self._engine.connect() as conn:
+            value = conn.execute(
+                select(collections_table.c.revision).where(collections_table.c.pk == collection_pk)
+            ).scalar_one()
+            return int(value)
+
+    def face_count(self, collection_pk: int) -> int:
+        with self._engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).where(faces_table.c.collection_pk == collection_pk)
+                ).scalar_one()
+            )
+
+    # -- subjects ----------------------------------------------------------------------------
+
+    def create_subject(
+        self, collection: str, subject_id: str, name: str | None, meta: dict[str, Any]
+    ) -> SubjectRecord:
+        try:
+            with self._engine.begin() as conn:
+                coll = self._collection_row(conn, collection)
+                self._insert_subject(conn, int(coll.pk), subject_id, name, meta)
+        except IntegrityError as exc:
+            raise SubjectExists(
+                f"Subject '{subject_id}' already exists in '{collection}'.", subject_id=subject_id
+            ) from exc
+        return self.get_subject(collection, subject_id)
+
+    def list_subjects(self, collection: str, offset: int, limit: int) -> tuple[list[SubjectRecord], int]:
+        with self._engine.connect() as conn:
+            coll = self._collection_row(conn, collection)
+            total = conn.execute(
+                select(func.count()).where(subjects_table.c.collection_pk == coll.pk)
+            ).scalar_one()
+            rows = conn.execute(
+                self._subjects_query()
+                .where(subjects_table.c.collection_pk == coll.pk)
+                .order_by(subjects_table.c.subject_id)
+                .offset(offset)
+                .limit(limit)
+            ).all()
+            return [self._subject_record(row) for row in rows], int(total)
+
+    def get_subject(self, collection: str, subject_id: str) -> SubjectRecord:
+        with self._engine.connect() as conn:
+            coll = self._collection_row(conn, collection)
+            row = conn.execute(
+                self._subjects_query().where(
+                    subjects_table.c.collection_pk == coll.pk, subjects_table.c.subject_id == subject_id
+                )
+            ).first()
+            if row is None:
+                raise SubjectNotFound(f"Subject '{subject_id}' not found in '{collection}'.")
+            return self._subject_record(row)
+
+    def update_subject(
+        self, collection: str, subject_id: str, changes: dict[str, Any]
+    ) -> SubjectRecord:
+        values: dict[str, Any] = {}
+        if "name" in changes:
+            values["name"] = changes["name"]
+        if "metadata" in changes:
+            values["meta"] = changes["metadata"] or {}
+        with self._engine.begin() as conn:
+            subject_pk = self._subject_pk(conn, collection, subject_id)
+            if values:
+                conn.execute(update(subjects_table).where(subjects_table.c.pk == subject_pk).values(**values))
+        return self.get_subject(collection, subject_id)
+
+    def delete_subject(self, collection: str, subject_id: str) -> tuple[int, list[int]]:
+        """Delete a subject and its faces; returns (collection pk, removed face pks)."""
+        with self._engine.begin() as conn:
+            coll = self._collection_row(conn, collection)
+            subject_pk = self._subject_pk(conn, collection, subject_id, coll_pk=int(coll.pk))
+            face_pks = [
+                int(pk)
+                for pk in conn.execute(
+                    select(faces_table.c.pk).where(faces_table.c.subject_pk == subject_pk)
+                ).scalars()
+            ]
+            conn.execute(delete(faces_table).where(faces_table.c.subject_pk == subject_pk))
+            conn.execute(delete(subjects_table).where(subjects_table.c.pk == subject_pk))
+            if face_pks:
+                self._bump_revision(conn, int(coll.pk))
+            return int(coll.pk), face_pks
+
+    # -- faces -------------------------------------------------------------------------------
+
+    def add_faces(
+        self,
+        collection: str,
+        subject_id: str,
+        faces: Sequence[NewFace],
+        *,
+        create_subject: bool,
+    ) -> list[FaceRecord]:
+        """Persist faces (and the subject when asked) in one transaction."""
+        now = _now()
+        with self._engine.begin() as conn:
+            coll = self._collection_row(conn, collection)
+            coll_pk = int(coll.pk)
+            found = conn.execute(
+                select(subjects_table.c.pk).where(
+                    subjects_table.c.collection_pk == coll_pk, subjects_table.c.subject_id == subject_id
+                )
+            ).scalar_one_or_none()
+            if found is None:
+                if not create_subject:
+                    raise SubjectNotFound(
+                        f"Subject '{subject_id}' not found in '{collection}' "
+                        "(pass create_subject=true to create it).",
+                    )
+                subject_pk = self._insert_subject(conn, coll_pk, subject_id, None, {})
+            else:
+                subject_pk = int(found)
+            records: list[FaceRecord] = []
+            for face in faces:
+                face_id = str(uuid.uuid4())
+                embedding = np.ascontiguousarray(face.embedding, dtype=np.float32)
+                result = conn.execute(
+                    insert(faces_table).values(
+                        face_id=face_id,
+                        collection_pk=coll_pk,
+                        subject_pk=subject_pk,
+                        embedding=embedding.tobytes(),
+                        box=list(face.box),
+                        quality=face.quality,
+                        source_hash=face.source_hash,
+                        source_name=face.source_name,
+                        created_at=now,
+                    )
+                )
+                pk = result.inserted_primary_key
+                assert pk is not None
+                records.append(
+                    FaceRecord(
+                        pk=int(pk[0]),
+                        face_id=face_id,
+                        collection_pk=coll_pk,
+                        subject_pk=subject_pk,
+                        subject_id=subject_id,
+                        box=face.box,
+                        quality=face.quality,
+                        source_hash=face.source_hash,
+                        source_name=face.source_name,
+                        created_at=now,
+                        embedding=embedding,
+                    )
+                )
+            if records:
+                self._bump_revision(conn, coll_pk)
+            return records
+
+    def list_faces(self, collection: str, subject_id: str) -> list[FaceRecord]:
+        with self._engine.connect() as conn:
+            subject_pk = self._subject_pk(conn, collection, subject_id)
+            rows = conn.execute(
+                self._faces_query(with_embedding=False)
+                .where(faces_table.c.subject_pk == subject_pk)
+                .order_by(faces_table.c.pk)
+            ).all()
+            return [self._face_record(row) for row in rows]
+
+    def get_face(self, collection: str, face_id: str) -> FaceRecord:
+        with self._engine.connect() as conn:
+            coll = self._collection_row(conn, collection)
+            row = conn.execute(
+                self._faces_query(with_embedding=False).where(
+                    faces_table.c.collection_pk == coll.pk, faces_table.c.face_id == face_id
+                )
+            ).first()
+            if row is None:
+                raise FaceNotFound(f"Face '{face_id}' not found in '{collection}'.")
+            return self._face_record(row)
+
+    def delete_face(self, collection: str, face_id: str) -> FaceRecord:
+        with self._engine.begin() as conn:
+            coll = self._collection_row(conn, collection)
+            row = conn.execute(
+                self._faces_query(with_embedding=False).where(
+                    faces_table.c.collection_pk == coll.pk, faces_table.c.face_id == face_id
+                )
+            ).first()
+            if row is None:
+                raise FaceNotFound(f"Face '{face_id}' not found in '{collection}'.")
+            conn.execute(delete(faces_table).where(faces_table.c.pk == row.pk))
+            self._bump_revision(conn, int(coll.pk))
+            return self._face_record(row)
+
+    def subject_embeddings(self, collection: str, subject_id: str) -> tuple[list[str], NDArray[np.float32]]:
+        """The subject's face ids and their embeddings, row-aligned."""
+        with self._engine.connect() as conn:
+            subject_pk = self._subject_pk(conn, collection, subject_id)
+            rows = conn.execute(
+                select(faces_table.c.face_id, faces_table.c.embedding)
+                .where(faces_table.c.subject_pk == subject_pk)
+                .order_by(faces_table.c.pk)
+            ).all()
+        if not rows:
+            return [], np.empty((0, 0), dtype=np.float32)
+        vectors = np.stack([np.frombuffer(row.embedding, dtype=np.float32) for row in rows])
+        return [str(row.face_id) for row in rows], np.ascontiguousarray(vectors)
+
+    def faces_by_pk(self, pks: Sequence[int]) -> dict[int, tuple[str, str]]:
+        """pk → (face_id, subject_id) for search hits."""
+        if not pks:
+            return {}
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(faces_table.c.pk, faces_table.c.face_id, subjects_table.c.subject_id)
+                .join(subjects_table, subjects_table.c.pk == faces_table.c.subject_pk)
+                .where(faces_table.c.pk.in_([int(pk) for pk in pks]))
+            ).all()
+        return {int(row.pk): (str(row.face_id), str(row.subject_id)) for row in rows}
+
+    def iter_embeddings(
+        self, collection_pk: int, batch_size: int = 50_000
+    ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
+        """Stream (pks, vectors) of a collection in pk order, for index rebuilds."""
+        last = 0
+        while True:
+            with self._engine.connect() as conn:
+                rows = conn.execute(
+                    select(faces_table.c.pk, faces_table.c.embedding)
+                    .where(faces_table.c.collection_pk == collection_pk, faces_table.c.pk > last)
+                    .order_by(faces_table.c.pk)
+                    .limit(batch_size)
+                ).all()
+            if not rows:
+                return
+            pks = np.fromiter((row.pk for row in rows), dtype=np.int64, count=len(rows))
+            vectors = np.frombuffer(b"".join(row.embedding for row in rows), dtype=np.float32)
+            yield pks, np.ascontiguousarray(vectors.reshape(len(rows), -1))
+            last = int(pks[-1])
+
+    def bulk_insert_synthetic(
+        self, collection: str, subject_prefix: str, vectors: NDArray[np.float32], faces_per_subject: int
+    ) -> int:
+        """Load many vectors at once (benchmarks, migrations); returns how many were stored."""
+        now = _now()
+        with self._engine.begin() as conn:
+            coll_pk = int(self._collection_row(conn, collection).pk)
+            n_subjects = (len(vectors) + faces_per_subject - 1) // faces_per_subject
+            start = conn.execute(select(func.coalesce(func.max(subjects_table.c.pk), 0))).scalar_one()
+            conn.execute(
+                insert(subjects_table),
+                [
+                    {
+                        "pk": int(start) + 1 + i,
+                        "collection_pk": coll_pk,
+                        "subject_id": f"{subject_prefix}{i}",
+                        "name": None,
+                        "meta": {},
+                        "created_at": now,
+                    }
+                    for i in range(n_subjects)
+                ],
+            )
+            conn.execute(
+                insert(faces_table),
+                [
+                    {
+                        "face_id": str(uuid.uuid4()),
+                        "collection_pk": coll_pk,
+                        "subject_pk": int(start) + 1 + i // faces_per_subject,
+                        "embedding": np.ascontiguousarray(vec, dtype=np.float32).tobytes(),
+                        "box": [0.0, 0.0, 0.0, 0.0],
+                        "quality": {},
+                        "source_hash": None,
+                        "source_name": None,
+                        "created_at": now,
+                    }
+                    for i, vec in enumerate(vectors)
+                ],
+            )
+            self._bump_revision(conn, coll_pk)
+        return len(vectors)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _collection_row(conn: Connection, name: str) -> Row[Any]:
+        row = conn.execute(select(collections_table).where(collections_table.c.name == name)).first()
+        if row is None:
+            raise CollectionNotFound(f"Collection '{name}' not found.", collection=name)
+        return row
+
+    @staticmethod
+    def _collection_with_counts(conn: Connection, row: Row[Any]) -> CollectionRecord:
+        subjects = conn.execute(
+            select(func.count()).where(subjects_table.c.collection_pk == row.pk)
+        ).scalar_one()
+        faces = conn.execute(select(func.count()).where(faces_table.c.collection_pk == row.pk)).scalar_one()
+        return CollectionRecord(
+            pk=int(row.pk),
+            name=str(row.name),
+            description=str(row.description or ""),
+            created_at=_aware(row.created_at),
+            revision=int(row.revision),
+            subject_count=int(subjects),
+            face_count=int(faces),
+        )
+
+    def _subject_pk(
+        self, conn: Connection, collection: str, subject_id: str, coll_pk: int | None = None
+    ) -> int:
+        if coll_pk is None:
+            coll_pk = int(self._collection_row(conn, collection).pk)
+        found = conn.execute(
+            select(subjects_table.c.pk).where(
+                subjects_table.c.collection_pk == coll_pk, subjects_table.c.subject_id == subject_id
+            )
+        ).scalar_one_or_none()
+        if found is None:
+            raise SubjectNotFound(f"Subject '{subject_id}' not found in '{collection}'.")
+        return int(found)
+
+    @staticmethod
+    def _insert_subject(
+        conn: Connection, coll_pk: int, subject_id: str, name: str | None, meta: dict[str, Any]
+    ) -> int:
+        result = conn.execute(
+            insert(subjects_table).values(
+                collection_pk=coll_pk, subject_id=subject_id, name=name, meta=meta, created_at=_now()
+            )
+        )
+        pk = result.inserted_primary_key
+        assert pk is not None
+        return int(pk[0])
+
+    @staticmethod
+    def _bump_revision(conn: Connection, coll_pk: int) -> None:
+        conn.execute(
+            update(collections_table)
+            .where(collections_table.c.pk == coll_pk)
+            .values(revision=collections_table.c.revision + 1)
+        )
+
+    @staticmethod
+    def _subjects_query() -> Any:
+        face_count = (
+            select(func.count())
+            .where(faces_table.c.subject_pk == subjects_table.c.pk)
+            .correlate(subjects_table)
+            .scalar_subquery()
+        )
+        return select(subjects_table, face_count.label("face_count"))
+
+    @staticmethod
+    def _subject_record(row: Row[Any]) -> SubjectRecord:
+        return SubjectRecord(
+            pk=int(row.pk),
+            collection_pk=int(row.collection_pk),
+            subject_id=str(row.subject_id),
+            name=row.name,
+            metadata=dict(row.meta or {}),
+            created_at=_aware(row.created_at),
+            face_count=int(row.face_count),
+        )
+
+    @staticmethod
+    def _faces_query(*, with_embedding: bool) -> Any:
+        columns = [
+            faces_table.c.pk,
+            faces_table.c.face_id,
+            faces_table.c.collection_pk,
+            faces_table.c.subject_pk,
+            faces_table.c.box,
+            faces_table.c.quality,
+            faces_table.c.source_hash,
+            faces_table.c.source_name,
+            faces_table.c.created_at,
+            subjects_table.c.subject_id,
+        ]
+        if with_embedding:
+            columns.append(faces_table.c.embedding)
+        return select(*columns).join(subjects_table, subjects_table.c.pk == faces_table.c.subject_pk)
+
+    @staticmethod
+    def _face_record(row: Row[Any]) -> FaceRecord:
+        box = tuple(float(v) for v in row.box)
+        return FaceRecord(
+            pk=int(row.pk),
+            face_id=str(row.face_id),
+            collection_pk=int(row.collection_pk),
+            subject_pk=int(row.subject_pk),
+            subject_id=str(row.subject_id),
+            box=(box[0], box[1], box[2], box[3]),
+            quality=dict(row.quality or {}),
+            source_hash=row.source_hash,
+            source_name=row.source_name,
+            created_at=_aware(row.created_at),
+        )

@@ -1,0 +1,36 @@
+"""Shared fixtures: real LFW images read from ../shared (never copied into the repo)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _lfw_root() -> Path:
+    # Tests may be pointed elsewhere; the service itself never reads this.
+    override = os.environ.get("FACES_TEST_LFW_DIR")
+    return Path(override) if override else REPO_ROOT.parent / "shared" / "data" / "lfw"
+
+
+@pytest.fixture(scope="session")
+def lfw_root() -> Path:
+    root = _lfw_root()
+    if not (root / "images").is_dir():
+        pytest.fail(f"LFW not found at {root}; tests need ../shared/data/lfw beside the checkout")
+    return root
+
+
+@pytest.fixture(scope="session")
+def lfw_image(lfw_root: Path):  # type: ignore[no-untyped-def]
+    """Path of image number ``n`` of ``person`` (``lfw_image("George_W_Bush", 1)``)."""
+
+    def _path(person: str, n: int) -> Path:
+        path = lfw_root / "images" / person / f"{person}_{n:04d}.jpg"
+        assert path.is_file(), path
+        return path
+
+    return _path
