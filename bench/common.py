@@ -131,8 +131,21 @@ def start_report(name: str, argv: Sequence[str] | None = None, module: str | Non
     )
 
 
+def load_average() -> tuple[float, float, float]:
+    """1/5/15-minute load: other work on the box makes timings noisy, so every report records it."""
+    one, five, fifteen = Path("/proc/loadavg").read_text().split()[:3]
+    return float(one), float(five), float(fifteen)
+
+
 def finish_report(report: Report, started: float) -> Path:
     report.duration_s = round(time.perf_counter() - started, 1)
+    report.machine["loadavg_end"] = load_average()
+    cores = len(os.sched_getaffinity(0))
+    if report.machine["loadavg_end"][0] > cores + 0.5:
+        report.tables[-1].notes.append(
+            f"machine was busy during the run (1-min load {report.machine['loadavg_end'][0]:.1f} "
+            f"on {cores} cores): timings are pessimistic"
+        )
     path = report.save()
     report.print()
     print(f"saved {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
@@ -231,6 +244,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)),
+        "loadavg_start": load_average(),
     }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -293,8 +293,8 @@ class ApiClient:
                 raise
             await self.request("POST", "/v1/collections", ok=(200, 201, 409), json={"name": collection})
 
-    async def enrolled_hashes(self, collection: str, subject_id: str) -> set[str] | None:
-        """The ``source_hash`` of every face the subject has; None when the subject does not exist."""
+    async def enrolled_hashes(self, collection: str, subject_id: str) -> dict[str, str] | None:
+        """``source_hash`` → ``face_id`` for the subject's faces; None when the subject does not exist."""
         path = f"/v1/collections/{quote(collection, safe='')}/subjects/{quote(subject_id, safe='')}/faces"
         try:
             response, _ = await self.request("GET", path, ok=(200,))
@@ -304,7 +304,11 @@ class ApiClient:
             raise
         body = response.json()
         faces = body if isinstance(body, list) else body.get("faces", body.get("items", []))
-        return {str(f["source_hash"]) for f in faces if isinstance(f, dict) and f.get("source_hash")}
+        return {
+            str(f["source_hash"]): str(f.get("face_id"))
+            for f in faces
+            if isinstance(f, dict) and f.get("source_hash")
+        }
 
     async def create_subject(self, collection: str, subject_id: str) -> None:
         await self.request(
@@ -330,8 +334,9 @@ class ApiClient:
         async def already_enrolled() -> httpx.Response | None:
             hashes = await self.enrolled_hashes(collection, subject_id)
             if hashes is not None and sha256 in hashes:
-                body = {"results": [{"filename": filename, "status": "already_enrolled"}]}
-                return httpx.Response(200, json=body)
+                # The lost attempt did enroll it: report that face, do not upload again.
+                result = {"filename": filename, "status": "enrolled", "face_id": hashes[sha256]}
+                return httpx.Response(200, json={"results": [result]})
             return None
 
         response, attempts = await self.request(
@@ -365,11 +370,11 @@ class _Enrollment:
         self._api = api
         self._report = report
         self._progress = progress
-        self._subjects: dict[str, asyncio.Task[set[str]]] = {}
+        self._subjects: dict[str, asyncio.Task[dict[str, str]]] = {}
         self._claimed: dict[str, set[str]] = {}
         self._semaphore = asyncio.Semaphore(options.concurrency)
 
-    def _subject_ready(self, subject_id: str) -> asyncio.Task[set[str]]:
+    def _subject_ready(self, subject_id: str) -> asyncio.Task[dict[str, str]]:
         """Created once per subject, shared by its files: the hashes it already has."""
         task = self._subjects.get(subject_id)
         if task is None:
@@ -377,12 +382,12 @@ class _Enrollment:
             self._subjects[subject_id] = task
         return task
 
-    async def _prepare_subject(self, subject_id: str) -> set[str]:
+    async def _prepare_subject(self, subject_id: str) -> dict[str, str]:
         hashes = await self._api.enrolled_hashes(self._options.collection, subject_id)
         if hashes is None:
             # Created up front so concurrent uploads never race to create the same subject.
             await self._api.create_subject(self._options.collection, subject_id)
-            hashes = set()
+            hashes = {}
         return hashes
 
     def _record(self, bucket: list[FileOutcome], outcome: FileOutcome) -> None:
@@ -439,10 +444,6 @@ class _Enrollment:
         if status == "enrolled":
             self._record(self._report.enrolled, FileOutcome(
                 str(path), subject_id, sha256, face_id=str(result.get("face_id")), attempts=attempts))
-        elif status == "already_enrolled":
-            self._record(self._report.skipped, FileOutcome(
-                str(path), subject_id, sha256, code="already_enrolled",
-                detail="enrolled by an earlier attempt whose reply was lost", attempts=attempts))
         elif status == "rejected":
             error = result.get("error") or {}
             self._record(self._report.rejected, FileOutcome(
@@ -520,8 +521,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str]) -> int:
-    """Entry point of ``faces enroll``: 0 when no file failed (rejections are fine), 1 otherwise."""
+def main(argv: list[str], *, transport: httpx.AsyncBaseTransport | None = None) -> int:
+    """Entry point of ``faces enroll``: 0 when no file failed (rejections are fine), 1 otherwise.
+
+    ``transport`` lets tests talk to an in-process fake server.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.root.is_dir():
@@ -541,7 +545,7 @@ def main(argv: list[str]) -> int:
     )
     report = EnrollmentReport(options.collection, options.base_url, str(options.root))
     try:
-        asyncio.run(enroll(options, report=report))
+        asyncio.run(enroll(options, transport=transport, report=report))
     except KeyboardInterrupt:
         report.fatal_error = "interrupted; files not listed were not attempted, re-run to resume"
     print(report.summary())

@@ -66,7 +66,9 @@ def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="Needed when keys are configured")
+_api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="Needed when keys are configured"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,9 +85,7 @@ class Caller:
             raise Forbidden(f"This API key may not use collection '{collection}'.")
 
 
-def get_caller(
-    services: ServicesDep, api_key: Annotated[str | None, Depends(_api_key_header)]
-) -> Caller:
+def get_caller(services: ServicesDep, api_key: Annotated[str | None, Depends(_api_key_header)]) -> Caller:
     if not services.keyring.enabled:
         return Caller(None)
     return Caller(services.keyring.scope_of(api_key))

@@ -64,9 +64,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         for err in exc.errors()
     ]
     return problem_response(
-        422, "validation_error", "Request validation failed",
+        422,
+        "validation_error",
+        "Request validation failed",
         "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors),
-        request, errors=errors,
+        request,
+        errors=errors,
     )
 
 

@@ -32,9 +32,9 @@ class EmbeddedFace:
         return self.analyzed.face.box
 
 
-def squared_distance(similarity: NDArray[np.float32] | float) -> NDArray[np.float32]:
+def squared_distance(similarity: float) -> float:
     """d² = 2 − 2·cos for unit vectors, clipped to its exact range [0, 4]."""
-    return np.clip(2.0 - 2.0 * np.asarray(similarity, dtype=np.float32), 0.0, 4.0)
+    return float(np.clip(2.0 - 2.0 * similarity, 0.0, 4.0))
 
 
 class FaceEngine:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from service.domain.faces import squared_distance
 from service.index.faiss_index import CollectionIndex, IndexRegistry
 from service.storage.records import CollectionRecord, FaceRecord, NewFace, SubjectRecord
 from service.storage.store import FaceStore
@@ -94,7 +95,9 @@ class Gallery:
             results.append(self._rank_subjects(index, query, top_k))
         return results
 
-    def _rank_subjects(self, index: CollectionIndex, query: NDArray[np.float32], top_k: int) -> list[Candidate]:
+    def _rank_subjects(
+        self, index: CollectionIndex, query: NDArray[np.float32], top_k: int
+    ) -> list[Candidate]:
         ntotal = index.ntotal
         if ntotal == 0:
             return []
@@ -109,7 +112,7 @@ class Gallery:
                 if owner is None or owner[1] in best:
                     continue
                 face_id, subject_id = owner
-                distance = float(np.clip(2.0 - 2.0 * sim, 0.0, 4.0))
+                distance = squared_distance(sim)
                 best[subject_id] = Candidate(subject_id, face_id, float(np.clip(sim, -1.0, 1.0)), distance)
             if len(best) >= top_k or k >= ntotal:
                 return sorted(best.values(), key=lambda c: c.distance)[:top_k]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.domain.faces import EmbeddedFace, FaceEngine
+from service.domain.faces import EmbeddedFace, FaceEngine, squared_distance
 from service.domain.gallery import Gallery
 from service.errors import FaceNotFound, NoFaceFound
 
@@ -25,7 +25,7 @@ class Verdict:
 
 def _verdict(similarity: float, threshold: float, face_a: EmbeddedFace) -> Verdict:
     similarity = float(np.clip(similarity, -1.0, 1.0))
-    distance = float(np.clip(2.0 - 2.0 * similarity, 0.0, 4.0))
+    distance = squared_distance(similarity)
     return Verdict(distance, similarity, threshold, distance <= threshold, face_a)
 
 

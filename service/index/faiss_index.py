@@ -43,7 +43,8 @@ class CollectionIndex:
 
     def __init__(self, dim: int, *, use_gpu: bool = False, index: faiss.Index | None = None) -> None:
         self.dim = dim
-        self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        # Typed Any: faiss's SWIG wrappers accept numpy arrays its stubs don't declare.
+        self._index: Any = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._lock = threading.RLock()
         self._use_gpu = use_gpu and gpu_available()
         self._gpu_resources: Any = None
@@ -69,9 +70,7 @@ class CollectionIndex:
             self._gpu_flat = None
             return removed
 
-    def search(
-        self, queries: NDArray[np.float32], k: int
-    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    def search(self, queries: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """Top-k cosine similarities and face pks per query (pk −1 pads when fewer exist)."""
         queries = _as_unit_rows(queries, self.dim)
         with self._lock:
@@ -84,7 +83,9 @@ class CollectionIndex:
             sims, ids = self._index.search(queries, k)
         return np.ascontiguousarray(sims, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
 
-    def _search_gpu(self, queries: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    def _search_gpu(
+        self, queries: NDArray[np.float32], k: int
+    ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         if self._gpu_flat is None:
             if self._gpu_resources is None:
                 self._gpu_resources = faiss.StandardGpuResources()
@@ -130,7 +131,9 @@ class SnapshotManifest:
 class IndexRegistry:
     """Every collection's index, kept equal to the store."""
 
-    def __init__(self, store: EmbeddingSource, dim: int, snapshot_dir: Path, *, use_gpu: bool = False) -> None:
+    def __init__(
+        self, store: EmbeddingSource, dim: int, snapshot_dir: Path, *, use_gpu: bool = False
+    ) -> None:
         self._store = store
         self._dim = dim
         self._dir = snapshot_dir
@@ -166,7 +169,9 @@ class IndexRegistry:
                 if (manifest.revision, manifest.ntotal, manifest.dim) == (revision, count, self._dim):
                     index = CollectionIndex.load(index_path, self._dim, use_gpu=self._use_gpu)
                     if index.ntotal == count:
-                        logger.info("collection %d: loaded snapshot (%d faces, revision %d)", pk, count, revision)
+                        logger.info(
+                            "collection %d: loaded snapshot (%d faces, revision %d)", pk, count, revision
+                        )
                         return index
                 logger.info("collection %d: snapshot stale (store revision %d); rebuilding", pk, revision)
             except (ValueError, TypeError, OSError, RuntimeError) as exc:

@@ -52,8 +52,14 @@ def decode_image(data: bytes, *, max_pixels: int) -> RGBImage:
                 rgb = _to_rgb(upright)
     except (ImageTooManyPixels, UnsupportedMediaType):
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooManyPixels(f"The image has more than {max_pixels} pixels.") from exc
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+    ) as exc:
         raise ImageError("The image could not be decoded.") from exc
     array = np.asarray(rgb, dtype=np.uint8)
     if array.ndim != 3 or array.shape[2] != 3 or min(array.shape[:2]) < 1:

@@ -247,9 +247,7 @@ class FaceStore:
                 raise SubjectNotFound(f"Subject '{subject_id}' not found in '{collection}'.")
             return self._subject_record(row)
 
-    def update_subject(
-        self, collection: str, subject_id: str, changes: dict[str, Any]
-    ) -> SubjectRecord:
+    def update_subject(self, collection: str, subject_id: str, changes: dict[str, Any]) -> SubjectRecord:
         values: dict[str, Any] = {}
         if "name" in changes:
             values["name"] = changes["name"]

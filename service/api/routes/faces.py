@@ -64,7 +64,9 @@ def _result(outcome: ImageOutcome) -> EnrollResult:
     "/subjects/{subject_id}/faces",
     status_code=status.HTTP_201_CREATED,
     response_model=EnrollResponse,
-    responses={422: {"model": Problem, "description": "No image could be enrolled (per-image results inside)"}},
+    responses={
+        422: {"model": Problem, "description": "No image could be enrolled (per-image results inside)"}
+    },
 )
 async def enroll_faces(
     collection: CollectionDep,

@@ -17,7 +17,9 @@ router = APIRouter(prefix="/v1/collections/{collection}", tags=["identify"])
 
 
 def candidate_out(c: Candidate) -> CandidateOut:
-    return CandidateOut(subject_id=c.subject_id, face_id=c.face_id, distance=c.distance, similarity=c.similarity)
+    return CandidateOut(
+        subject_id=c.subject_id, face_id=c.face_id, distance=c.distance, similarity=c.similarity
+    )
 
 
 @router.post(
@@ -33,7 +35,9 @@ async def identify_faces(
     threshold: Annotated[
         float | None, Query(ge=0.0, le=4.0, description="Max squared distance for a match (default: model's)")
     ] = None,
-    max_faces: Annotated[int | None, Query(ge=1, le=100, description="Faces to identify, largest first")] = None,
+    max_faces: Annotated[
+        int | None, Query(ge=1, le=100, description="Faces to identify, largest first")
+    ] = None,
 ) -> IdentifyResponse:
     settings = services.settings
     data = await read_upload(image, settings.max_upload_bytes, strict=True)

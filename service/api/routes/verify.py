@@ -47,7 +47,9 @@ async def verify_images(
 
 
 @router.post(
-    "/v1/collections/{collection}/subjects/{subject_id}/verify", response_model=VerifyResponse, responses=_ERRORS
+    "/v1/collections/{collection}/subjects/{subject_id}/verify",
+    response_model=VerifyResponse,
+    responses=_ERRORS,
 )
 async def verify_against_subject(
     collection: CollectionDep,
@@ -58,7 +60,11 @@ async def verify_against_subject(
 ) -> VerifyResponse:
     data = await read_upload(image, services.settings.max_upload_bytes, strict=True)
     verdict = await verify_subject(
-        services.engine, services.gallery, collection, subject_id, data,
+        services.engine,
+        services.gallery,
+        collection,
+        subject_id,
+        data,
         threshold=services.engine.threshold(threshold),
     )
     return verdict_out(verdict)

@@ -1,0 +1,459 @@
+"""`faces enroll`: per-file outcomes, resumability, retries — against a real server and an in-process fake."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+
+from service.enroll_client import EnrollOptions, backoff_delay, build_parser, enroll, main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LfwImage = Callable[[str, int], Path]
+PEOPLE = {"George_W_Bush": 3, "Colin_Powell": 2, "Serena_Williams": 2, "Gerhard_Schroeder": 2}
+
+
+def _problem(status: int, code: str, detail: str) -> JSONResponse:
+    body = {"type": f"about:blank#{code}", "title": code, "status": status, "detail": detail, "code": code}
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+@dataclass
+class FakeApi:
+    """The enrollment endpoints of the API, in memory: JPEG/PNG magic = a face, anything else = 415.
+
+    ``upload_failures`` is consumed one status per upload before the upload is really handled,
+    so a test can script "503, 503, then fine".
+    """
+
+    api_key: str | None = None
+    upload_failures: list[int] = field(default_factory=list)
+    collections: set[str] = field(default_factory=set)
+    faces: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
+    calls: Counter[str] = field(default_factory=Counter)
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.middleware("http")
+        async def check_key(request: Request, call_next: Any) -> Response:
+            self.calls[f"{request.method} {request.url.path}"] += 1
+            if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
+                return _problem(401, "unauthorized", "Missing or invalid API key")
+            response: Response = await call_next(request)
+            return response
+
+        @app.get("/v1/collections/{c}")
+        async def get_collection(c: str) -> Response:
+            if c not in self.collections:
+                return _problem(404, "collection_not_found", c)
+            return JSONResponse({"name": c})
+
+        @app.post("/v1/collections")
+        async def create_collection(request: Request) -> Response:
+            name = (await request.json())["name"]
+            if name in self.collections:
+                return _problem(409, "collection_exists", name)
+            self.collections.add(name)
+            return JSONResponse({"name": name}, status_code=201)
+
+        @app.post("/v1/collections/{c}/subjects")
+        async def create_subject(c: str, request: Request) -> Response:
+            subject_id = (await request.json())["subject_id"]
+            if (c, subject_id) in self.faces:
+                return _problem(409, "subject_exists", subject_id)
+            self.faces[(c, subject_id)] = []
+            return JSONResponse({"subject_id": subject_id}, status_code=201)
+
+        @app.get("/v1/collections/{c}/subjects/{s}/faces")
+        async def list_faces(c: str, s: str) -> Response:
+            if (c, s) not in self.faces:
+                return _problem(404, "subject_not_found", s)
+            return JSONResponse({"faces": self.faces[(c, s)]})
+
+        @app.post("/v1/collections/{c}/subjects/{s}/faces")
+        async def enroll_faces(c: str, s: str, request: Request) -> Response:
+            if self.upload_failures:
+                status = self.upload_failures.pop(0)
+                return _problem(status, f"http_{status}", "scripted failure")
+            form = await request.form()
+            upload: Any = form["images"]
+            data = await upload.read()
+            if data[:3] != b"\xff\xd8\xff" and data[:4] != b"\x89PNG":
+                return _problem(415, "unsupported_media_type", "Only JPEG, PNG and WebP images are accepted.")
+            if (c, s) not in self.faces:
+                if request.query_params.get("create_subject") != "true":
+                    return _problem(404, "subject_not_found", s)
+                self.faces[(c, s)] = []
+            face_id = f"face-{sum(len(v) for v in self.faces.values()) + 1}"
+            self.faces[(c, s)].append({"face_id": face_id, "source_hash": form.get("source_hash")})
+            result = {"filename": upload.filename, "status": "enrolled", "face_id": face_id}
+            return JSONResponse({"subject_id": s, "results": [result]}, status_code=201)
+
+        return app
+
+
+class FlakyTransport(httpx.AsyncBaseTransport):
+    """Fails the first ``failures`` requests matching ``method path``; ``after_send`` loses the reply."""
+
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, target: str, failures: int, *, after_send: bool
+    ) -> None:
+        self.inner = inner
+        self.target = target
+        self.failures = failures
+        self.after_send = after_send
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if f"{request.method} {request.url.path}".endswith(self.target) and self.failures > 0:
+            self.failures -= 1
+            if self.after_send:
+                await self.inner.handle_async_request(request)
+                raise httpx.ReadError("connection reset after the request was sent", request=request)
+            raise httpx.ConnectError("connection refused", request=request)
+        return await self.inner.handle_async_request(request)
+
+
+def _options(root: Path, **overrides: Any) -> EnrollOptions:
+    values: dict[str, Any] = {
+        "root": root,
+        "collection": "staff",
+        "base_url": "http://fake",
+        "backoff_base_s": 0.001,
+        "show_progress": False,
+    }
+    values.update(overrides)
+    return EnrollOptions(**values)
+
+
+def _run(options: EnrollOptions, transport: httpx.AsyncBaseTransport) -> Any:
+    import asyncio
+
+    return asyncio.run(enroll(options, transport=transport))
+
+
+@pytest.fixture
+def small_tree(tmp_path: Path, lfw_image: LfwImage) -> Path:
+    """Two LFW people, a text file named .jpg, a README, and a loose file at the top."""
+    root = tmp_path / "people"
+    for person, count in (("George_W_Bush", 2), ("Colin_Powell", 1)):
+        (root / person).mkdir(parents=True)
+        for n in range(1, count + 1):
+            shutil.copy(lfw_image(person, n), root / person)
+    (root / "Colin_Powell" / "broken.jpg").write_text("this is not a JPEG")
+    (root / "Colin_Powell" / "README.txt").write_text("notes")
+    (root / "index.csv").write_text("name\n")
+    return root
+
+
+def test_enrolls_each_file_and_reports_rejections_without_failing(small_tree: Path, tmp_path: Path) -> None:
+    fake = FakeApi()
+    report_path = tmp_path / "out" / "report.json"
+    argv = [str(small_tree), "--collection", "staff", "--base-url", "http://fake", "--no-progress",
+            "--report", str(report_path)]
+
+    code = main(argv, transport=httpx.ASGITransport(app=fake.app()))
+
+    assert code == 0
+    report = json.loads(report_path.read_text())
+    assert report["counts"] == {"enrolled": 3, "skipped": 0, "rejected": 1, "failed": 0, "ignored": 2}
+    assert [Path(r["path"]).name for r in report["rejected"]] == ["broken.jpg"]
+    assert report["rejected"][0]["code"] == "unsupported_media_type"
+    assert {Path(r["path"]).name for r in report["ignored"]} == {"README.txt", "index.csv"}
+    # The server got each file's sha256, which is what makes a re-run resumable.
+    stored = {f["source_hash"] for f in fake.faces[("staff", "George_W_Bush")]}
+    expected = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (small_tree / "George_W_Bush").iterdir()}
+    assert stored == expected
+    assert fake.collections == {"staff"}
+
+
+def test_rerun_skips_files_already_enrolled_and_uploads_only_new_ones(
+    small_tree: Path, lfw_image: LfwImage
+) -> None:
+    fake = FakeApi()
+    transport = httpx.ASGITransport(app=fake.app())
+    first = _run(_options(small_tree), transport)
+    assert first.counts()["enrolled"] == 3
+
+    shutil.copy(lfw_image("Colin_Powell", 2), small_tree / "Colin_Powell")
+    uploads_before = sum(n for k, n in fake.calls.items() if k.startswith("POST") and k.endswith("/faces"))
+    second = _run(_options(small_tree), transport)
+
+    assert second.counts()["enrolled"] == 1
+    assert second.enrolled[0].path.endswith("Colin_Powell_0002.jpg")
+    assert second.counts()["skipped"] == 3
+    assert {o.code for o in second.skipped} == {"already_enrolled"}
+    uploads = sum(n for k, n in fake.calls.items() if k.startswith("POST") and k.endswith("/faces"))
+    # The new image and the rejected file (rejections are re-judged), nothing already enrolled.
+    assert uploads - uploads_before == 2
+    assert len(fake.faces[("staff", "Colin_Powell")]) == 2
+
+
+def test_identical_files_in_one_subject_are_uploaded_once(tmp_path: Path, lfw_image: LfwImage) -> None:
+    root = tmp_path / "people"
+    (root / "Colin_Powell").mkdir(parents=True)
+    shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell" / "a.jpg")
+    shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell" / "b.jpg")
+    fake = FakeApi()
+
+    report = _run(_options(root, concurrency=1), httpx.ASGITransport(app=fake.app()))
+
+    assert report.counts()["enrolled"] == 1
+    assert [o.code for o in report.skipped] == ["duplicate_in_run"]
+    assert len(fake.faces[("staff", "Colin_Powell")]) == 1
+
+
+def test_retries_503_with_backoff_then_succeeds(tmp_path: Path, lfw_image: LfwImage) -> None:
+    root = tmp_path / "people"
+    (root / "Colin_Powell").mkdir(parents=True)
+    shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
+    fake = FakeApi(upload_failures=[503, 503])
+
+    report = _run(_options(root), httpx.ASGITransport(app=fake.app()))
+
+    assert report.ok
+    assert report.counts()["enrolled"] == 1
+    assert report.enrolled[0].attempts == 3
+    assert fake.calls["POST /v1/collections/staff/subjects/Colin_Powell/faces"] == 3
+    assert len(fake.faces[("staff", "Colin_Powell")]) == 1
+
+
+def test_gives_up_after_the_retry_budget_and_exits_1(tmp_path: Path, lfw_image: LfwImage) -> None:
+    root = tmp_path / "people"
+    (root / "Colin_Powell").mkdir(parents=True)
+    shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
+    fake = FakeApi(upload_failures=[500] * 10)
+    argv = [str(root), "--collection", "staff", "--base-url", "http://fake", "--no-progress",
+            "--retries", "2", "--report", str(tmp_path / "r.json")]
+
+    code = main(argv, transport=httpx.ASGITransport(app=fake.app()))
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert code == 1
+    assert report["counts"]["failed"] == 1
+    assert report["failed"][0]["code"] == "http_500"
+    assert report["failed"][0]["attempts"] == 3
+    assert fake.calls["POST /v1/collections/staff/subjects/Colin_Powell/faces"] == 3
+
+
+def test_client_errors_are_never_retried(tmp_path: Path, lfw_image: LfwImage) -> None:
+    root = tmp_path / "people"
+    (root / "Colin_Powell").mkdir(parents=True)
+    shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
+    fake = FakeApi(upload_failures=[400])
+
+    report = _run(_options(root), httpx.ASGITransport(app=fake.app()))
+
+    assert not report.ok
+    assert [(o.code, o.attempts) for o in report.failed] == [("http_400", 1)]
+    assert fake.calls["POST /v1/collections/staff/subjects/Colin_Powell/faces"] == 1
+
+
+def test_connection_errors_are_retried(tmp_path: Path, lfw_image: LfwImage) -> None:
+    root = tmp_path / "people"
+    (root / "Colin_Powell").mkdir(parents=True)
+    shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
+    fake = FakeApi()
+    transport = FlakyTransport(httpx.ASGITransport(app=fake.app()), "/faces", 2, after_send=False)
+
+    report = _run(_options(root), transport)
+
+    assert report.counts()["enrolled"] == 1
+    assert len(fake.faces[("staff", "Colin_Powell")]) == 1
+
+
+def test_a_lost_reply_does_not_enroll_the_file_twice(tmp_path: Path, lfw_image: LfwImage) -> None:
+    root = tmp_path / "people"
+    (root / "Colin_Powell").mkdir(parents=True)
+    shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
+    fake = FakeApi()
+    fake.collections.add("staff")
+    fake.faces[("staff", "Colin_Powell")] = []
+    # Only the upload (POST) loses its reply; the listing used to check is a GET.
+    transport = FlakyTransport(httpx.ASGITransport(app=fake.app()), "POST /v1/collections/staff/subjects/"
+                               "Colin_Powell/faces", 1, after_send=True)
+
+    report = _run(_options(root), transport)
+
+    assert report.counts()["enrolled"] == 1
+    assert len(fake.faces[("staff", "Colin_Powell")]) == 1
+    assert report.enrolled[0].face_id == fake.faces[("staff", "Colin_Powell")][0]["face_id"]
+
+
+def test_a_missing_or_wrong_api_key_stops_the_run_before_uploading(small_tree: Path) -> None:
+    fake = FakeApi(api_key="s3cret")
+    transport = httpx.ASGITransport(app=fake.app())
+
+    refused = _run(_options(small_tree, api_key="wrong"), transport)
+    accepted = _run(_options(small_tree, api_key="s3cret"), transport)
+
+    assert refused.fatal_error is not None
+    assert "unauthorized" in refused.fatal_error
+    assert not refused.ok
+    assert refused.counts()["enrolled"] == 0
+    assert accepted.ok
+    assert accepted.counts()["enrolled"] == 3
+
+
+def test_unreadable_files_are_reported_and_the_rest_enrolled(tmp_path: Path, lfw_image: LfwImage) -> None:
+    root = tmp_path / "people"
+    (root / "Colin_Powell").mkdir(parents=True)
+    shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
+    (root / "Colin_Powell" / "gone.jpg").symlink_to(tmp_path / "does-not-exist.jpg")
+
+    report = _run(_options(root), httpx.ASGITransport(app=FakeApi().app()))
+
+    assert report.counts()["enrolled"] == 1
+    assert [(Path(o.path).name, o.code) for o in report.failed] == [("gone.jpg", "unreadable_file")]
+
+
+def test_base_url_and_api_key_default_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACES_BASE_URL", "http://faces.internal:9000")
+    monkeypatch.setenv("FACES_API_KEY", "from-env")
+
+    args = build_parser().parse_args(["root", "--collection", "c"])
+
+    assert (args.base_url, args.api_key) == ("http://faces.internal:9000", "from-env")
+
+
+def test_backoff_grows_exponentially_and_is_capped() -> None:
+    delays = [[backoff_delay(attempt, 0.5) for _ in range(200)] for attempt in range(8)]
+    assert all(0.0 <= d <= 0.5 * 2**attempt for attempt, ds in enumerate(delays) for d in ds)
+    assert max(delays[7]) <= 30.0
+    assert max(delays[4]) > max(delays[0])  # jittered, but the ceiling doubles
+    assert backoff_delay(0, 0.5, retry_after_s=3.0) >= 3.0
+
+
+# ---------------------------------------------------------------- against the real server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[str]:
+    """`faces serve` in a subprocess on a free port, with its own SQLite store and index dir."""
+    port = _free_port()
+    # No FACES_* from the caller's environment leaks in (API keys would lock the test client out).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_")}
+    env.update({
+        "FACES_DATABASE_URL": f"sqlite:///{tmp_path / 'faces.db'}",
+        "FACES_INDEX_DIR": str(tmp_path / "index"),
+        "FACES_EXECUTION_PROVIDER": "cpu",
+        "FACES_USE_GPU_INDEX": "false",
+    })
+    log = (tmp_path / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"server exited: {(tmp_path / 'server.log').read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready: {(tmp_path / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield base_url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_enrolls_lfw_people_against_the_real_server_and_resumes(
+    live_server: str, tmp_path: Path, lfw_image: LfwImage
+) -> None:
+    root = tmp_path / "people"
+    for person, count in PEOPLE.items():
+        (root / person).mkdir(parents=True)
+        for n in range(1, count + 1):
+            shutil.copy(lfw_image(person, n), root / person)
+    (root / "Colin_Powell" / "not_really.jpg").write_text("plain text pretending to be a JPEG")
+    Image.new("RGB", (160, 160), (40, 120, 200)).save(root / "Serena_Williams" / "solid_blue.png")
+    photos = sum(PEOPLE.values())
+    argv = [str(root), "--collection", "lfw-e2e", "--base-url", live_server, "--concurrency", "3",
+            "--no-progress", "--report", str(tmp_path / "first.json")]
+
+    first_code = main(argv)
+    first = json.loads((tmp_path / "first.json").read_text())
+
+    assert first_code == 0, first
+    rejected = {Path(r["path"]).name: r["code"] for r in first["rejected"]}
+    assert rejected["not_really.jpg"] == "unsupported_media_type"
+    assert rejected["solid_blue.png"] == "no_face"
+    # Every real photo either enrolled or was rejected with a reason, and most of them enrolled.
+    counts = first["counts"]
+    assert counts["enrolled"] + counts["rejected"] == photos + 2
+    assert counts["enrolled"] >= photos - 2
+    assert counts["failed"] == 0
+    # The server holds exactly what the report says was enrolled, under the right subjects.
+    with httpx.Client(base_url=live_server) as client:
+        for person in PEOPLE:
+            listed = client.get(f"/v1/collections/lfw-e2e/subjects/{person}/faces").json()["faces"]
+            reported = {r["face_id"] for r in first["enrolled"] if r["subject_id"] == person}
+            assert {f["face_id"] for f in listed} == reported
+            assert {f["source_hash"] for f in listed} == {
+                r["sha256"] for r in first["enrolled"] if r["subject_id"] == person
+            }
+
+    argv[-1] = str(tmp_path / "second.json")
+    second_code = main(argv)
+    second = json.loads((tmp_path / "second.json").read_text())
+
+    assert second_code == 0
+    assert second["counts"]["enrolled"] == 0
+    assert second["counts"]["skipped"] == counts["enrolled"]
+    assert {r["path"] for r in second["skipped"]} == {r["path"] for r in first["enrolled"]}
+    assert second["counts"]["rejected"] == counts["rejected"]
+
+
+@pytest.mark.slow
+def test_faces_enroll_console_command_dispatches_to_the_client(
+    live_server: str, tmp_path: Path, lfw_image: LfwImage
+) -> None:
+    root = tmp_path / "people"
+    (root / "Colin_Powell").mkdir(parents=True)
+    shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
+    env = {**os.environ, "FACES_BASE_URL": live_server}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "enroll", str(root), "--collection", "cli", "--no-progress",
+         "--report", str(tmp_path / "r.json")],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "enrolled 1" in result.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["counts"]["enrolled"] == 1
