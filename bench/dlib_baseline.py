@@ -76,9 +76,8 @@ class DlibBaseline:
         self.jitters = jitters
 
     def locate(self, image: NDArray[np.uint8], upsample: int | None = None) -> list[Box]:
-        boxes = self._fr.face_locations(
-            image, number_of_times_to_upsample=self.upsample if upsample is None else upsample, model=self.model
-        )
+        times = self.upsample if upsample is None else upsample
+        boxes = self._fr.face_locations(image, number_of_times_to_upsample=times, model=self.model)
         return [tuple(int(v) for v in box) for box in boxes]  # type: ignore[misc]
 
     def encode(self, image: NDArray[np.uint8], boxes: Sequence[Box]) -> NDArray[np.float32]:
@@ -135,7 +134,7 @@ def encode_lfw_images(
     jitters: int = 1,
     progress: bool = True,
 ) -> tuple[dict[Path, NDArray[np.float32]], dict[Path, str]]:
-    """One face per image, chosen and encoded in a process pool; the encodings and how each face was chosen."""
+    """One face per image, chosen and encoded in a process pool → (encodings, how each face was chosen)."""
     from multiprocessing import get_context
 
     from tqdm import tqdm
@@ -146,14 +145,15 @@ def encode_lfw_images(
     boxes: list[Box] = []
     with ctx.Pool(workers, initializer=_init_worker, initargs=(model, upsample, jitters)) as pool:
         results = pool.imap_unordered(_choose_and_encode, paths, chunksize=8)
-        for path, choice, encoding in tqdm(results, total=len(paths), desc="dlib", unit="img", disable=not progress):
+        bar = tqdm(results, total=len(paths), desc="dlib", unit="img", disable=not progress)
+        for path, choice, encoding in bar:
             methods[path] = choice.method
             if choice.box is not None and encoding is not None:
                 encodings[path] = encoding
                 boxes.append(choice.box)
         if not boxes:
             raise RuntimeError("dlib found no face in any image")
-        median = [int(round(v)) for v in np.median(np.array(boxes, dtype=np.float64), axis=0)]
+        median = [int(np.rint(v)) for v in np.median(np.array(boxes, dtype=np.float64), axis=0)]
         median_box: Box = (median[0], median[1], median[2], median[3])
         misses = [(path, median_box) for path in paths if path not in encodings]
         encodings.update(pool.map(_encode_path, misses))

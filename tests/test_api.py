@@ -29,7 +29,9 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         yield test_client
 
 
-def files_of(lfw_image: LfwImage, person: str, numbers: list[int]) -> list[tuple[str, tuple[str, bytes, str]]]:
+def files_of(
+    lfw_image: LfwImage, person: str, numbers: list[int]
+) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [
         ("images", (f"{person}_{n}.jpg", lfw_image(person, n).read_bytes(), "image/jpeg")) for n in numbers
     ]
@@ -60,7 +62,14 @@ def gallery(client: TestClient, lfw_root: Path) -> str:
     assert client.post("/v1/collections", json={"name": "people"}).status_code == 201
     for person in ("George_W_Bush", "Colin_Powell", "Serena_Williams"):
         files = [
-            ("images", (f"{n}.jpg", (lfw_root / "images" / person / f"{person}_{n:04d}.jpg").read_bytes(), "image/jpeg"))
+            (
+                "images",
+                (
+                    f"{n}.jpg",
+                    (lfw_root / "images" / person / f"{person}_{n:04d}.jpg").read_bytes(),
+                    "image/jpeg",
+                ),
+            )
             for n in (1, 2)
         ]
         response = enroll(client, "people", person, files)
@@ -106,7 +115,9 @@ def test_subject_crud_and_pagination(client: TestClient) -> None:
         body = {"subject_id": f"person-{i}", "name": f"Person {i}", "metadata": {"badge": i}}
         assert client.post("/v1/collections/subjects/subjects", json=body).status_code == 201
     assert_problem(
-        client.post("/v1/collections/subjects/subjects", json={"subject_id": "person-0"}), 409, "subject_exists"
+        client.post("/v1/collections/subjects/subjects", json={"subject_id": "person-0"}),
+        409,
+        "subject_exists",
     )
     page = client.get("/v1/collections/subjects/subjects", params={"offset": 1, "limit": 2}).json()
     assert page["total"] == 5
@@ -120,8 +131,11 @@ def test_subject_crud_and_pagination(client: TestClient) -> None:
     assert client.delete("/v1/collections/subjects/subjects/person-3").status_code == 204
     assert_problem(client.get("/v1/collections/subjects/subjects/person-3"), 404, "subject_not_found")
     assert_problem(client.get("/v1/collections/nope/subjects"), 404, "collection_not_found")
-    assert_problem(client.post("/v1/collections/subjects/subjects", json={"subject_id": "x", "extra": 1}), 422,
-                   "validation_error")
+    assert_problem(
+        client.post("/v1/collections/subjects/subjects", json={"subject_id": "x", "extra": 1}),
+        422,
+        "validation_error",
+    )
 
 
 # -- enrollment --------------------------------------------------------------------------------
@@ -144,7 +158,10 @@ def test_enrollment_reports_each_image(client: TestClient, lfw_image: LfwImage) 
         assert result["face_id"]
         assert result["quality"]["passed"] is True
         x, y, w, h = result["box"]
-        assert 30 < x < 125 and 30 < y < 125 and 50 < w < 200 and 50 < h < 200  # LFW faces are centred
+        assert 30 < x < 125
+        assert 30 < y < 125
+        assert 50 < w < 200
+        assert 50 < h < 200
     assert by_name["notes.txt"]["error"]["code"] == "unsupported_media_type"
     assert by_name["gradient.png"]["error"]["code"] == "no_face"
     assert by_name["broken.jpg"]["error"]["code"] == "invalid_image"
@@ -170,8 +187,9 @@ def test_enrollment_needs_existing_subject_unless_asked(client: TestClient, lfw_
         "/v1/collections/strict-subjects/subjects/ghost/faces", files=files_of(lfw_image, "Tony_Blair", [3])
     )
     assert_problem(response, 404, "subject_not_found")
-    assert_problem(enroll(client, "missing", "x", files_of(lfw_image, "Tony_Blair", [3])), 404,
-                   "collection_not_found")
+    assert_problem(
+        enroll(client, "missing", "x", files_of(lfw_image, "Tony_Blair", [3])), 404, "collection_not_found"
+    )
 
 
 def test_face_selection_strict_and_largest(client: TestClient, lfw_image: LfwImage) -> None:
@@ -193,7 +211,9 @@ def test_face_get_and_delete(client: TestClient, gallery: str, lfw_image: LfwIma
     assert client.delete(f"/v1/collections/{gallery}/faces/{face_id}").status_code == 204
     assert_problem(client.get(f"/v1/collections/{gallery}/faces/{face_id}"), 404, "face_not_found")
     probe = {"image": lfw_image("Colin_Powell", 5).read_bytes()}
-    candidates = client.post(f"/v1/collections/{gallery}/identify", files=probe).json()["faces"][0]["candidates"]
+    candidates = client.post(f"/v1/collections/{gallery}/identify", files=probe).json()["faces"][0][
+        "candidates"
+    ]
     assert face_id not in {c["face_id"] for c in candidates}
 
 
@@ -201,7 +221,9 @@ def test_face_get_and_delete(client: TestClient, gallery: str, lfw_image: LfwIma
 
 
 def test_identify_known_person(client: TestClient, gallery: str, lfw_image: LfwImage) -> None:
-    response = client.post(f"/v1/collections/{gallery}/identify", files={"image": lfw_image("George_W_Bush", 10).read_bytes()})
+    response = client.post(
+        f"/v1/collections/{gallery}/identify", files={"image": lfw_image("George_W_Bush", 10).read_bytes()}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert len(body["faces"]) == 1
@@ -219,7 +241,9 @@ def test_identify_known_person(client: TestClient, gallery: str, lfw_image: LfwI
 
 def test_unknown_person_comes_back_unknown(client: TestClient, gallery: str, lfw_image: LfwImage) -> None:
     for person in ("Jennifer_Aniston", "Vladimir_Putin", "Hugo_Chavez"):
-        response = client.post(f"/v1/collections/{gallery}/identify", files={"image": lfw_image(person, 1).read_bytes()})
+        response = client.post(
+            f"/v1/collections/{gallery}/identify", files={"image": lfw_image(person, 1).read_bytes()}
+        )
         face = response.json()["faces"][0]
         assert face["match"] is None, (person, face["candidates"][0])
         assert face["candidates"][0]["distance"] > response.json()["threshold"]
@@ -234,14 +258,18 @@ def test_threshold_semantics(client: TestClient, gallery: str, lfw_image: LfwIma
     loose = client.post(url, params={"threshold": 4.0}, files={"image": probe}).json()
     assert loose["faces"][0]["match"] is not None  # every distance is ≤ 4
     for bad in (-0.1, 4.01, "abc"):
-        assert_problem(client.post(url, params={"threshold": bad}, files={"image": probe}), 422, "validation_error")
+        assert_problem(
+            client.post(url, params={"threshold": bad}, files={"image": probe}), 422, "validation_error"
+        )
     one = client.post(url, params={"top_k": 1}, files={"image": probe}).json()
     assert len(one["faces"][0]["candidates"]) == 1
     assert one["faces"][0]["candidates"][0]["subject_id"] == "Serena_Williams"
 
 
 def test_identify_every_face_of_a_group(client: TestClient, gallery: str, lfw_image: LfwImage) -> None:
-    photo = group_photo([lfw_image("Colin_Powell", 7), lfw_image("Jennifer_Aniston", 2), lfw_image("George_W_Bush", 20)])
+    photo = group_photo(
+        [lfw_image("Colin_Powell", 7), lfw_image("Jennifer_Aniston", 2), lfw_image("George_W_Bush", 20)]
+    )
     body = client.post(f"/v1/collections/{gallery}/identify", files={"image": photo}).json()
     assert len(body["faces"]) >= 3
     areas = [f["box"][2] * f["box"][3] for f in body["faces"]]
@@ -249,7 +277,9 @@ def test_identify_every_face_of_a_group(client: TestClient, gallery: str, lfw_im
     by_left = sorted(body["faces"][:3], key=lambda f: f["box"][0])
     matches = [f["match"]["subject_id"] if f["match"] else None for f in by_left]
     assert matches == ["Colin_Powell", None, "George_W_Bush"]
-    capped = client.post(f"/v1/collections/{gallery}/identify", params={"max_faces": 1}, files={"image": photo})
+    capped = client.post(
+        f"/v1/collections/{gallery}/identify", params={"max_faces": 1}, files={"image": photo}
+    )
     assert len(capped.json()["faces"]) == 1
 
 
@@ -258,7 +288,9 @@ def test_identify_without_face_or_in_empty_collection(client: TestClient, lfw_im
     assert_problem(
         client.post("/v1/collections/nobody-here/identify", files={"image": no_face_photo()}), 422, "no_face"
     )
-    body = client.post("/v1/collections/nobody-here/identify", files={"image": lfw_image("Tony_Blair", 4).read_bytes()}).json()
+    body = client.post(
+        "/v1/collections/nobody-here/identify", files={"image": lfw_image("Tony_Blair", 4).read_bytes()}
+    ).json()
     assert body["faces"][0]["candidates"] == []
     assert body["faces"][0]["match"] is None
 
@@ -269,13 +301,19 @@ def test_identify_without_face_or_in_empty_collection(client: TestClient, lfw_im
 def test_verify_pair(client: TestClient, lfw_image: LfwImage) -> None:
     same = client.post(
         "/v1/verify",
-        files={"image_a": lfw_image("Tony_Blair", 1).read_bytes(), "image_b": lfw_image("Tony_Blair", 9).read_bytes()},
+        files={
+            "image_a": lfw_image("Tony_Blair", 1).read_bytes(),
+            "image_b": lfw_image("Tony_Blair", 9).read_bytes(),
+        },
     ).json()
     assert same["match"] is True
     assert same["distance"] <= same["threshold"]
     different = client.post(
         "/v1/verify",
-        files={"image_a": lfw_image("Tony_Blair", 1).read_bytes(), "image_b": lfw_image("Hugo_Chavez", 1).read_bytes()},
+        files={
+            "image_a": lfw_image("Tony_Blair", 1).read_bytes(),
+            "image_b": lfw_image("Hugo_Chavez", 1).read_bytes(),
+        },
     ).json()
     assert different["match"] is False
     assert different["distance"] > same["distance"]
@@ -283,7 +321,10 @@ def test_verify_pair(client: TestClient, lfw_image: LfwImage) -> None:
     missing = client.post("/v1/verify", files={"image_a": lfw_image("Tony_Blair", 1).read_bytes()})
     assert_problem(missing, 422, "validation_error")
     assert_problem(
-        client.post("/v1/verify", files={"image_a": lfw_image("Tony_Blair", 1).read_bytes(), "image_b": no_face_photo()}),
+        client.post(
+            "/v1/verify",
+            files={"image_a": lfw_image("Tony_Blair", 1).read_bytes(), "image_b": no_face_photo()},
+        ),
         422,
         "no_face",
     )
@@ -297,7 +338,10 @@ def test_verify_against_subject(client: TestClient, gallery: str, lfw_image: Lfw
     other = client.post(url, files={"image": lfw_image("Serena_Williams", 3).read_bytes()}).json()
     assert other["match"] is False
     assert_problem(
-        client.post(f"/v1/collections/{gallery}/subjects/nobody/verify", files={"image": lfw_image("Tony_Blair", 1).read_bytes()}),
+        client.post(
+            f"/v1/collections/{gallery}/subjects/nobody/verify",
+            files={"image": lfw_image("Tony_Blair", 1).read_bytes()},
+        ),
         404,
         "subject_not_found",
     )
@@ -331,7 +375,11 @@ def _webp(img: Image.Image) -> bytes:
 def test_decompression_bomb_is_refused(client: TestClient, gallery: str) -> None:
     bomb = png_bytes(Image.new("L", (12_000, 12_000)))  # 144 Mpx, compresses to a few hundred KB
     assert len(bomb) < 1_000_000
-    assert_problem(client.post(f"/v1/collections/{gallery}/identify", files={"image": bomb}), 422, "image_too_many_pixels")
+    assert_problem(
+        client.post(f"/v1/collections/{gallery}/identify", files={"image": bomb}),
+        422,
+        "image_too_many_pixels",
+    )
 
 
 def test_upload_size_limits(tmp_path: Path, lfw_image: LfwImage) -> None:
@@ -340,14 +388,19 @@ def test_upload_size_limits(tmp_path: Path, lfw_image: LfwImage) -> None:
     assert len(big) > 20_000
     with TestClient(create_app(settings)) as small:
         small.post("/v1/collections", json={"name": "c"})
-        assert_problem(small.post("/v1/collections/c/identify", files={"image": big}), 413, "payload_too_large")
+        assert_problem(
+            small.post("/v1/collections/c/identify", files={"image": big}), 413, "payload_too_large"
+        )
         body = enroll(small, "c", "s", [("images", ("big.jpg", big, "image/jpeg"))])
         assert_problem(body, 413, "payload_too_large")
         huge = b"\xff\xd8\xff" + b"\x00" * 200_000
         response = small.post("/v1/collections/c/identify", files={"image": huge}, params={"x": 1})
         assert response.status_code == 413
-        too_many = [("images", (f"{i}.jpg", lfw_image("Tony_Blair", 1).read_bytes(), "image/jpeg")) for i in range(3)]
-        assert too_many and enroll(small, "c", "s", too_many).status_code in (400, 413)
+        too_many = [
+            ("images", (f"{i}.jpg", lfw_image("Tony_Blair", 1).read_bytes(), "image/jpeg")) for i in range(3)
+        ]
+        assert too_many
+        assert enroll(small, "c", "s", too_many).status_code in (400, 413)
 
 
 # -- auth --------------------------------------------------------------------------------------
@@ -362,11 +415,15 @@ def test_api_keys(tmp_path: Path, lfw_image: LfwImage) -> None:
         door = {"X-API-Key": "door-key"}
         for name in ("front-door", "vault"):
             assert keyed.post("/v1/collections", json={"name": name}, headers=admin).status_code == 201
-        assert [c["name"] for c in keyed.get("/v1/collections", headers=door).json()["collections"]] == ["front-door"]
+        assert [c["name"] for c in keyed.get("/v1/collections", headers=door).json()["collections"]] == [
+            "front-door"
+        ]
         assert keyed.get("/v1/collections/front-door", headers=door).status_code == 200
         assert_problem(keyed.get("/v1/collections/vault", headers=door), 403, "forbidden")
         probe = {"image": lfw_image("Tony_Blair", 1).read_bytes()}
-        assert_problem(keyed.post("/v1/collections/vault/identify", files=probe, headers=door), 403, "forbidden")
+        assert_problem(
+            keyed.post("/v1/collections/vault/identify", files=probe, headers=door), 403, "forbidden"
+        )
         assert keyed.post("/v1/collections/front-door/identify", files=probe, headers=door).status_code == 200
         assert keyed.get("/healthz").status_code == 200  # probes stay open
         assert keyed.get("/readyz").status_code == 200
@@ -409,12 +466,16 @@ def test_restart_keeps_everything(tmp_path: Path, lfw_image: LfwImage) -> None:
     settings = make_settings(tmp_path)
     with TestClient(create_app(settings)) as first:
         first.post("/v1/collections", json={"name": "durable"})
-        enrolled = enroll(first, "durable", "Colin_Powell", files_of(lfw_image, "Colin_Powell", [1, 2])).json()
+        enrolled = enroll(
+            first, "durable", "Colin_Powell", files_of(lfw_image, "Colin_Powell", [1, 2])
+        ).json()
         face_ids = {r["face_id"] for r in enrolled["results"]}
     assert (tmp_path / "index").glob("collection-*.faiss")
     with TestClient(create_app(settings)) as second:
         listed = second.get("/v1/collections/durable/subjects/Colin_Powell/faces").json()["faces"]
         assert {f["face_id"] for f in listed} == face_ids
-        match = second.post("/v1/collections/durable/identify", files={"image": lfw_image("Colin_Powell", 9).read_bytes()})
+        match = second.post(
+            "/v1/collections/durable/identify", files={"image": lfw_image("Colin_Powell", 9).read_bytes()}
+        )
         assert match.json()["faces"][0]["match"]["subject_id"] == "Colin_Powell"
         assert second.get("/readyz").json()["checks"]["index"] == "in_sync"

@@ -45,6 +45,9 @@ class TrainConfig(BaseModel):
     detector_model: Path = Field(ARTIFACTS / "yunet_2023mar_fp32.onnx", description="YuNet ONNX for alignment")
     min_images: int = Field(2, ge=2, description="identities with fewer usable faces are dropped")
     max_identities: int | None = Field(None, ge=2, description="keep only the first N identities (sorted)")
+    max_images_per_identity: int | None = Field(
+        None, ge=2, description="use at most N images of an identity (the first, sorted); caps LFW's giants"
+    )
     lfw_pairs: Path | None = Field(DEFAULT_LFW / "pairs.txt", description="pairs.txt defining the folds")
     holdout_folds: list[int] = Field(
         default_factory=list,

@@ -243,6 +243,7 @@ def load_training_set(
     min_images: int,
     exclude: set[str],
     max_identities: int | None = None,
+    max_images: int | None = None,
     progress: bool = True,
 ) -> TrainingSet:
     """Identities with at least ``min_images`` files (then faces), minus ``exclude``."""
@@ -251,7 +252,7 @@ def load_training_set(
     candidates = {name: files for name, files in identities.items() if name not in exclude}
     candidates = {name: files for name, files in candidates.items() if len(files) >= min_images}
     names = sorted(candidates)[:max_identities] if max_identities is not None else sorted(candidates)
-    paths = [path for name in names for path in candidates[name]]
+    paths = [path for name in names for path in candidates[name][:max_images]]
     crop_set = cache.load(paths, progress=progress, desc="align training images")
     kept_paths: list[Path] = []
     kept_rows: list[int] = []

@@ -125,7 +125,8 @@ def train(config: TrainConfig, command: str) -> TrainResult:
     excluded = excluded_people(config)
     cache = CropCache(config.cache_dir, build_aligner(config.aligner, config.detector_model, config.threads))
     data = load_training_set(
-        images_root(config.data_root), cache, config.min_images, excluded, config.max_identities, config.progress
+        images_root(config.data_root), cache, config.min_images, excluded,
+        config.max_identities, config.max_images_per_identity, config.progress
     )
     leaked = set(data.identities) & excluded
     if leaked:  # cannot happen by construction; protocol honesty is worth the check

@@ -18,7 +18,10 @@ router = APIRouter(prefix="/v1/collections/{collection}", tags=["identify"])
 
 def candidate_out(c: Candidate) -> CandidateOut:
     return CandidateOut(
-        subject_id=c.subject_id, face_id=c.face_id, distance=c.distance, similarity=c.similarity
+        subject_id=c.subject_id,
+        face_id=c.face_id,
+        distance=round(c.distance, 6),
+        similarity=round(c.similarity, 6),
     )
 
 

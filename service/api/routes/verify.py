@@ -21,8 +21,8 @@ _ERRORS: dict[int | str, dict[str, object]] = {422: {"model": Problem, "descript
 
 def verdict_out(v: Verdict) -> VerifyResponse:
     return VerifyResponse(
-        distance=v.distance,
-        similarity=v.similarity,
+        distance=round(v.distance, 6),
+        similarity=round(v.similarity, 6),
         threshold=v.threshold,
         match=v.match,
         box_a=v.face_a.box,

@@ -1,0 +1,195 @@
+"""SIGKILL a real uvicorn process in the middle of a stream of enrollments; nothing acknowledged is lost."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    data_dir: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.data_dir / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "FACES_DATABASE_URL": f"sqlite:///{self.data_dir}/faces.db",
+            "FACES_INDEX_DIR": str(self.data_dir / "index"),
+            "FACES_LOG_LEVEL": "WARNING",
+        }
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("server did not become ready:\n" + self.log.read_text())
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path, free_port())
+    yield srv
+    srv.stop()
+
+
+@dataclass
+class Ledger:
+    """What the clients were told: acknowledged face ids, and the uploads still in flight."""
+
+    acked: dict[str, str] = field(default_factory=dict)  # face_id → source hash
+    in_flight: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def single_face_images(lfw_root: Path, count: int) -> list[tuple[str, bytes]]:
+    people = sorted(p for p in (lfw_root / "images").iterdir() if p.is_dir())
+    images = []
+    for person in people:
+        for path in sorted(person.glob("*.jpg"))[:2]:
+            images.append((person.name, path.read_bytes()))
+        if len(images) >= count:
+            break
+    return images
+
+
+def stream_enrollments(
+    url: str, images: list[tuple[str, bytes]], ledger: Ledger, stop: threading.Event
+) -> None:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for person, data in images:
+            if stop.is_set():
+                return
+            digest = hashlib.sha256(data).hexdigest()
+            with ledger.lock:
+                ledger.in_flight.add(digest)
+            try:
+                response = client.post(
+                    f"/v1/collections/stream/subjects/{person}/faces",
+                    params={"create_subject": "true", "face_selection": "largest"},
+                    files={"images": ("face.jpg", data, "image/jpeg")},
+                )
+            except httpx.HTTPError:
+                return  # the server died under us: this upload stays "in flight"
+            if response.status_code == 201:
+                face_id = response.json()["results"][0]["face_id"]
+                with ledger.lock:
+                    ledger.acked[face_id] = digest
+                    ledger.in_flight.discard(digest)
+
+
+def stored_faces(url: str) -> dict[str, str]:
+    faces: dict[str, str] = {}
+    with httpx.Client(base_url=url, timeout=30) as client:
+        subjects = client.get("/v1/collections/stream/subjects", params={"limit": 1000}).json()["items"]
+        for subject in subjects:
+            listed = client.get(f"/v1/collections/stream/subjects/{subject['subject_id']}/faces").json()
+            faces.update({f["face_id"]: f["source_hash"] for f in listed["faces"]})
+    return faces
+
+
+def test_sigkill_during_enrollment_loses_nothing_acknowledged(server: Server, lfw_root: Path) -> None:
+    images = single_face_images(lfw_root, 400)
+    server.start()
+    assert httpx.post(f"{server.url}/v1/collections", json={"name": "stream"}).status_code == 201
+    ledger = Ledger()
+    for round_number in range(2):
+        stop = threading.Event()
+        chunk = images[round_number * 200 : (round_number + 1) * 200]
+        workers = [
+            threading.Thread(target=stream_enrollments, args=(server.url, chunk[i::3], ledger, stop))
+            for i in range(3)
+        ]
+        for worker in workers:
+            worker.start()
+        deadline = time.monotonic() + 60
+        target = 15 * (round_number + 1)
+        while len(ledger.acked) < target and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ledger.acked) >= target, server.log.read_text()
+        server.kill()  # mid-stream: three requests are in some stage of processing
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=30)
+
+        server.start()
+        stored = stored_faces(server.url)
+        missing = set(ledger.acked) - set(stored)
+        assert not missing, f"acknowledged faces lost after SIGKILL: {missing}"
+        extra = {face_id: digest for face_id, digest in stored.items() if face_id not in ledger.acked}
+        # Only uploads that were in flight when the process died may have landed, each at most once.
+        assert set(extra.values()) <= ledger.in_flight
+        assert len(extra) == len(set(extra.values()))
+        ready = httpx.get(f"{server.url}/readyz").json()
+        assert ready["checks"]["index"] == "in_sync"
+        stats = httpx.get(f"{server.url}/v1/collections/stream").json()
+        assert stats["face_count"] == len(stored)
+        for face_id in extra:  # adopt what landed, as a client retrying would
+            ledger.acked[face_id] = extra[face_id]
+        ledger.in_flight.clear()
+
+    # Every stored face is searchable after the restarts: its own photo finds it at distance ≈ 0.
+    person, data = images[0]
+    probe = httpx.post(
+        f"{server.url}/v1/collections/stream/identify",
+        files={"image": ("p.jpg", data, "image/jpeg")},
+        timeout=30,
+    ).json()
+    assert probe["faces"][0]["match"]["subject_id"] == person
+    assert probe["faces"][0]["match"]["distance"] < 0.01
