@@ -1,0 +1,118 @@
+"""The store behaves the same on SQLite and PostgreSQL (same SQLAlchemy code, real servers)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.errors import CollectionExists, CollectionNotFound, FaceNotFound, SubjectExists, SubjectNotFound
+from service.main import create_app
+from service.settings import Settings
+from service.storage.records import NewFace
+from service.storage.store import FaceStore
+from tests.postgres import pg_bin, postgres_server
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL binaries are not installed")
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FaceStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/faces.db"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    face_store = FaceStore.from_url(url)
+    yield face_store
+    face_store.close()
+
+
+def face(seed: int, source_hash: str | None = None) -> NewFace:
+    vector = np.random.default_rng(seed).standard_normal(128).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    return NewFace(
+        embedding=vector, box=(1.0, 2.0, 3.0, 4.0), quality={"passed": True}, source_hash=source_hash
+    )
+
+
+def test_collections_subjects_faces_roundtrip(store: FaceStore) -> None:
+    name = f"c{next(_names)}"
+    coll = store.create_collection(name, "desc")
+    with pytest.raises(CollectionExists):
+        store.create_collection(name)
+    store.create_subject(name, "alice", "Alice", {"team": "red"})
+    with pytest.raises(SubjectExists):
+        store.create_subject(name, "alice", None, {})
+    with pytest.raises(SubjectNotFound):
+        store.add_faces(name, "bob", [face(1)], create_subject=False)
+
+    records = store.add_faces(name, "alice", [face(1, "h1"), face(2, "h2")], create_subject=False)
+    store.add_faces(name, "bob", [face(3)], create_subject=True)
+    assert [r.source_hash for r in store.list_faces(name, "alice")] == ["h1", "h2"]
+    assert store.get_face(name, records[0].face_id).box == (1.0, 2.0, 3.0, 4.0)
+    face_ids, vectors = store.subject_embeddings(name, "alice")
+    assert face_ids == [r.face_id for r in records]
+    np.testing.assert_array_equal(vectors[1], face(2).embedding)
+
+    listed = store.get_collection(name)
+    assert (listed.subject_count, listed.face_count, listed.revision) == (2, 3, 2)
+    streamed = list(store.iter_embeddings(coll.pk, batch_size=2))
+    assert [len(pks) for pks, _ in streamed] == [2, 1]
+    assert store.faces_by_pk([r.pk for r in records]) == {r.pk: (r.face_id, "alice") for r in records}
+
+    updated = store.update_subject(name, "alice", {"metadata": {"team": "blue"}})
+    assert (updated.name, updated.metadata, updated.face_count) == ("Alice", {"team": "blue"}, 2)
+    subjects, total = store.list_subjects(name, offset=1, limit=5)
+    assert total == 2
+    assert [s.subject_id for s in subjects] == ["bob"]
+
+    removed = store.delete_face(name, records[0].face_id)
+    assert removed.pk == records[0].pk
+    with pytest.raises(FaceNotFound):
+        store.get_face(name, records[0].face_id)
+    coll_pk, face_pks = store.delete_subject(name, "alice")
+    assert (coll_pk, face_pks) == (coll.pk, [records[1].pk])
+    assert store.face_count(coll.pk) == 1
+    store.delete_collection(name)
+    with pytest.raises(CollectionNotFound):
+        store.get_collection(name)
+
+
+def test_pks_are_never_reused(store: FaceStore) -> None:
+    """A deleted face's id must not come back: it is also the FAISS id."""
+    name = f"c{next(_names)}"
+    store.create_collection(name)
+    first = store.add_faces(name, "s", [face(1)], create_subject=True)[0]
+    store.delete_face(name, first.face_id)
+    second = store.add_faces(name, "s", [face(2)], create_subject=False)[0]
+    assert second.pk > first.pk
+
+
+def test_service_runs_on_postgresql(postgres_url: str, tmp_path: Path, lfw_image: object) -> None:
+    settings = Settings(database_url=postgres_url, index_dir=tmp_path / "index")
+    photo = lfw_image("Serena_Williams", 1).read_bytes()  # type: ignore[operator]
+    probe = lfw_image("Serena_Williams", 7).read_bytes()  # type: ignore[operator]
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/collections", json={"name": "pg"}).status_code == 201
+        enrolled = client.post(
+            "/v1/collections/pg/subjects/serena/faces",
+            params={"create_subject": "true"},
+            files={"images": ("s.jpg", photo, "image/jpeg")},
+        )
+        assert enrolled.status_code == 201, enrolled.text
+    with TestClient(create_app(settings)) as client:  # restart: index comes back from PostgreSQL
+        assert client.get("/readyz").json()["checks"]["index"] == "in_sync"
+        match = client.post("/v1/collections/pg/identify", files={"image": probe}).json()["faces"][0]["match"]
+        assert match["subject_id"] == "serena"
