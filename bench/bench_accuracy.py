@@ -172,7 +172,15 @@ def main(argv: list[str] | None = None) -> Report:
 
     table = Table(
         title=f"LFW View 2 ({len(pairs)} pairs, {args.folds} person-disjoint folds)",
-        columns=["pipeline", "10-fold accuracy", "ROC AUC", "TAR@FAR=1e-3", "threshold", "face fallbacks", "source"],
+        columns=[
+            "pipeline",
+            "10-fold accuracy",
+            "ROC AUC",
+            "TAR@FAR=1e-3",
+            "threshold",
+            "face fallbacks",
+            "source",
+        ],
     )
     ours_fallbacks = {k: v for k, v in dict(ours.get("face_choice", {})).items() if k != "centre_face"}
     table.add(

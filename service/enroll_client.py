@@ -38,6 +38,8 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Client errors that are the file's fault (bad or unusable image), not the run's.
 FILE_REJECTION_STATUSES = frozenset({413, 415, 422})
+# Transport failures worth another try: timeouts, dropped or refused connections.
+TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 MAX_BACKOFF_S = 30.0
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -262,10 +264,13 @@ class ApiClient:
             retry_after: float | None = None
             try:
                 response = await self._client.request(method, url, **kwargs)
-            except httpx.TransportError as exc:
-                # Connect errors and timeouts: transient by nature.
+            except TRANSIENT_ERRORS as exc:
                 failure = ApiRequestError(type(exc).__name__, str(exc) or repr(exc), attempts=attempt)
-                ambiguous = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                # Only a refused or timed-out connection proves the request never reached the server.
+                ambiguous = not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+            except httpx.TransportError as exc:
+                # A bad URL, proxy or protocol: retrying cannot help.
+                raise ApiRequestError(type(exc).__name__, str(exc) or repr(exc), attempts=attempt) from exc
             else:
                 if response.status_code in ok:
                     return response, attempt

@@ -7,25 +7,27 @@ import math
 
 import pytest
 
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 
-from torch import Tensor  # noqa: E402
+import torch
+from torch import Tensor
 
-from models.train.distances import pairwise_distances, pairwise_squared_distances  # noqa: E402
-from models.train.gradients import l2_normalize_backward, triplet_loss_gradients  # noqa: E402
-from models.train.losses import (  # noqa: E402
+from models.train.distances import pairwise_distances, pairwise_squared_distances
+from models.train.gradients import l2_normalize_backward, triplet_loss_gradients
+from models.train.losses import (
+    EmbeddingLoss,
     LiftedStructuredLoss,
     SoftmaxRatioLoss,
     TripletMarginLoss,
 )
-from models.train.miners import (  # noqa: E402
+from models.train.miners import (
     BatchAllMiner,
     BatchHardMiner,
     SemiHardMiner,
     Triplets,
     all_triplets,
 )
-from models.train.reducers import AvgNonZeroReducer, MeanReducer  # noqa: E402
+from models.train.reducers import AvgNonZeroReducer, MeanReducer
 
 pytestmark = pytest.mark.train
 
@@ -34,7 +36,9 @@ MARGIN = 0.3
 
 def unit_embeddings(seed: int, batch: int, dim: int) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.normalize(torch.randn(batch, dim, generator=generator, dtype=torch.float64), dim=1)
+    return torch.nn.functional.normalize(
+        torch.randn(batch, dim, generator=generator, dtype=torch.float64), dim=1
+    )
 
 
 def pk_labels(identities: int, per_identity: int) -> Tensor:
@@ -118,7 +122,8 @@ def test_distance_matrices_match_loops(batch: tuple[Tensor, Tensor]) -> None:
     expected_plain = torch.tensor(loop_matrix(embeddings, squared=False), dtype=torch.float64)
     off_diagonal = ~torch.eye(len(embeddings), dtype=torch.bool)
     assert torch.allclose(plain[off_diagonal], expected_plain[off_diagonal])
-    assert bool((squared >= 0).all()) and bool((squared <= 4 + 1e-9).all())
+    assert bool((squared >= 0).all())
+    assert bool((squared <= 4 + 1e-9).all())
 
 
 def as_set(triplets: Triplets) -> set[tuple[int, int, int]]:
@@ -148,7 +153,9 @@ def test_batch_hard_picks_farthest_positive_and_closest_negative(batch: tuple[Te
             expected[a] = (max(d[a][p] for p in positives), min(d[a][k] for k in negatives))
     assert sorted(mined.anchors.tolist()) == sorted(expected)
     for a, p, n in as_set(mined):
-        assert label_list[p] == label_list[a] and p != a and label_list[n] != label_list[a]
+        assert label_list[p] == label_list[a]
+        assert p != a
+        assert label_list[n] != label_list[a]
         assert d[a][p] == pytest.approx(expected[a][0])
         assert d[a][n] == pytest.approx(expected[a][1])
 
@@ -275,19 +282,21 @@ def test_losses_agree_with_pytorch_metric_learning() -> None:
     ],
     ids=["semihard", "batch_hard", "batch_all", "softmax_ratio", "lifted"],
 )
-def test_degenerate_batches_give_finite_zero_gradients(loss: TripletMarginLoss) -> None:
+def test_degenerate_batches_give_finite_zero_gradients(loss: EmbeddingLoss) -> None:
     """One identity only (no negatives), or repeated images (zero distances): no NaN, nothing to learn."""
     single = unit_embeddings(3, 4, 8).requires_grad_(True)
     value = loss(single, torch.zeros(4, dtype=torch.long))
-    value.backward()
+    torch.autograd.backward(value)
     assert value.item() == 0.0
-    assert single.grad is not None and bool((single.grad == 0).all())
+    assert single.grad is not None
+    assert bool((single.grad == 0).all())
 
     repeated = unit_embeddings(4, 4, 8)[[0, 0, 1, 1, 2, 2, 3, 3]].clone().requires_grad_(True)
     value = loss(repeated, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
-    value.backward()
+    torch.autograd.backward(value)
     assert math.isfinite(value.item())
-    assert repeated.grad is not None and bool(torch.isfinite(repeated.grad).all())
+    assert repeated.grad is not None
+    assert bool(torch.isfinite(repeated.grad).all())
 
 
 # ---- gradients ------------------------------------------------------------------------------------
@@ -297,7 +306,7 @@ def test_l2_normalisation_gradient_closed_form() -> None:
     generator = torch.Generator().manual_seed(11)
     inputs = (3.0 * torch.randn(6, 5, generator=generator, dtype=torch.float64)).requires_grad_(True)
     upstream = torch.randn(6, 5, generator=generator, dtype=torch.float64)
-    (torch.nn.functional.normalize(inputs, dim=1) * upstream).sum().backward()
+    torch.autograd.backward((torch.nn.functional.normalize(inputs, dim=1) * upstream).sum())
     closed_form = l2_normalize_backward(inputs.detach(), upstream)
     assert inputs.grad is not None
     assert torch.allclose(closed_form, inputs.grad, rtol=1e-10, atol=1e-12)
@@ -316,7 +325,7 @@ def test_triplet_gradient_closed_form_matches_autograd() -> None:
     )
     active = per_triplet > 0
     assert 0 < int(active.sum()) < 64, "both active and inactive triplets must be exercised"
-    per_triplet.sum().backward()
+    torch.autograd.backward(per_triplet.sum())
     grads = triplet_loss_gradients(anchors.detach(), positives.detach(), negatives.detach(), MARGIN)
     for autograd_grad, closed_form in zip((anchors.grad, positives.grad, negatives.grad), grads, strict=True):
         assert autograd_grad is not None
@@ -331,7 +340,7 @@ def test_triplet_gradient_through_normalisation_chains() -> None:
     raw = torch.randn(3, 32, 5, generator=generator, dtype=torch.float64).requires_grad_(True)
     unit = torch.nn.functional.normalize(raw, dim=2)
     per_triplet = torch.relu(((unit[0] - unit[1]) ** 2).sum(1) - ((unit[0] - unit[2]) ** 2).sum(1) + MARGIN)
-    per_triplet.sum().backward()
+    torch.autograd.backward(per_triplet.sum())
     with torch.no_grad():
         grads = triplet_loss_gradients(unit[0], unit[1], unit[2], MARGIN)
         chained = torch.stack([l2_normalize_backward(raw[i], grads[i]) for i in range(3)])
@@ -350,7 +359,7 @@ def test_triplet_gradient_through_normalisation_chains() -> None:
     ],
     ids=["semihard", "batch_hard", "batch_all", "softmax_ratio", "lifted"],
 )
-def test_loss_gradcheck_through_normalisation(loss: TripletMarginLoss) -> None:
+def test_loss_gradcheck_through_normalisation(loss: EmbeddingLoss) -> None:
     """Finite differences in float64 agree with autograd through normalisation, distances and mining."""
     generator = torch.Generator().manual_seed(21)
     raw = torch.randn(12, 6, generator=generator, dtype=torch.float64).requires_grad_(True)

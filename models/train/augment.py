@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torch.nn import functional
 
 from service.runtime.model_card import InputSpec
 
@@ -40,13 +40,19 @@ def augment(images: Tensor, config: AugmentConfig, generator: torch.Generator) -
     zoom = _uniform(generator, count, 1.0, config.max_zoom)
     # affine_grid coordinates span [-1, 1], so a shift of s·side is 2s.
     shift = _uniform(generator, 2 * count, -2 * config.max_shift, 2 * config.max_shift).view(count, 2)
-    mirror = torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0) if config.flip else torch.ones(count)
+    mirror = (
+        torch.where(torch.rand(count, generator=generator) < 0.5, -1.0, 1.0)
+        if config.flip
+        else torch.ones(count)
+    )
     theta = torch.zeros(count, 2, 3)
     theta[:, 0, 0] = mirror / zoom
     theta[:, 1, 1] = 1.0 / zoom
     theta[:, :, 2] = shift
-    grid = F.affine_grid(theta.to(device=device, dtype=dtype), list(images.shape), align_corners=False)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    grid = functional.affine_grid(
+        theta.to(device=device, dtype=dtype), list(images.shape), align_corners=False
+    )
+    out = functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
     if config.color_jitter > 0:
         low, high = 1.0 - config.color_jitter, 1.0 + config.color_jitter

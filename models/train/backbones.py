@@ -5,11 +5,12 @@ On the sphere squared distances lie in [0, 4], the scale every threshold and mar
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn import functional
 
 from models.train.config import TrainConfig
 from models.train.onnx_import import load_onnx_module
@@ -20,8 +21,14 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "embedding"
 # The small CNN sees raw RGB centred and scaled to about [-1, 1].
 SMALL_CNN_INPUT = InputSpec(
-    width=112, height=112, layout="NCHW", channel_order="RGB",
-    mean=(127.5, 127.5, 127.5), std=(128.0, 128.0, 128.0), input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+    width=112,
+    height=112,
+    layout="NCHW",
+    channel_order="RGB",
+    mean=(127.5, 127.5, 127.5),
+    std=(128.0, 128.0, 128.0),
+    input_name=INPUT_NAME,
+    output_name=OUTPUT_NAME,
 )
 
 
@@ -32,8 +39,12 @@ class SmallCNN(nn.Module):
         super().__init__()
         channels = [3, width, 2 * width, 4 * width, 8 * width]
         blocks: list[nn.Module] = [nn.AvgPool2d(2)]
-        for cin, cout in zip(channels[:-1], channels[1:], strict=True):
-            blocks += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        for cin, cout in itertools.pairwise(channels):
+            blocks += [
+                nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+            ]
         blocks += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         self.features = nn.Sequential(*blocks)
         self.out_features = channels[-1]
@@ -66,7 +77,7 @@ class EmbeddingNet(nn.Module):
         self.head = head
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(self.head(self.backbone(x)), dim=1)
+        return functional.normalize(self.head(self.backbone(x)), dim=1)
 
 
 def freeze_batchnorm_statistics(model: nn.Module) -> None:

@@ -24,7 +24,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in TrainConfig.model_fields.items():
         default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, metavar="VALUE",
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar="VALUE",
             help=f"{field.description or ''} (default: {default})".strip(),
         )
 
@@ -41,8 +44,13 @@ def _cmd_prepare(args: argparse.Namespace, command: str) -> int:
     config = _config_from(args)
     cache = CropCache(config.cache_dir, build_aligner(config.aligner, config.detector_model, config.threads))
     data = load_training_set(
-        images_root(config.data_root), cache, config.min_images, excluded_people(config),
-        config.max_identities, config.max_images_per_identity, config.progress,
+        images_root(config.data_root),
+        cache,
+        config.min_images,
+        excluded_people(config),
+        config.max_identities,
+        config.max_images_per_identity,
+        config.progress,
     )
     print(json.dumps({"cache": str(cache.folder), **data.summary()}, indent=2))
     return 0
@@ -51,7 +59,7 @@ def _cmd_prepare(args: argparse.Namespace, command: str) -> int:
 def _cmd_train(args: argparse.Namespace, command: str) -> int:
     from models.train.trainer import train
 
-    result = train(_config_from(args), command)
+    result = train(_config_from(args), command, stop_at=args.stop_at)
     print(f"checkpoint {result.checkpoint}\nmetrics    {result.metrics_csv}")
     return 0
 
@@ -60,7 +68,10 @@ def _cmd_export(args: argparse.Namespace, command: str) -> int:
     from models.train.export import export
 
     result = export(args.checkpoint, args.out, args.name, command, threshold=args.threshold)
-    print(f"onnx {result.onnx_path}\ncard {result.card_path}\nonnxruntime vs PyTorch max abs diff {result.max_abs_diff:.3g}")
+    print(
+        f"onnx {result.onnx_path}\ncard {result.card_path}\n"
+        f"onnxruntime vs PyTorch max abs diff {result.max_abs_diff:.3g}"
+    )
     return 0
 
 
@@ -70,15 +81,28 @@ def _cmd_evaluate(args: argparse.Namespace, command: str) -> int:
 
     cache = CropCache(args.cache_dir, build_aligner(args.aligner, args.detector_model, args.threads))
     report = evaluate(
-        args.model_dir, args.card, args.lfw_dir, parse_folds(args.folds), cache, args.out, command,
-        pairs_per_fold=args.pairs_per_fold, provider=args.provider, threads=args.threads,
+        args.model_dir,
+        args.card,
+        args.lfw_dir,
+        parse_folds(args.folds),
+        cache,
+        args.out,
+        command,
+        pairs_per_fold=args.pairs_per_fold,
+        provider=args.provider,
+        threads=args.threads,
         update_card=args.update_card,
     )
     v, ident = report["verification"], report["identification"]
     print(f"{report['model']}: {report['protocol']}, {v['n_pairs']} pairs")
-    print(f"accuracy {100 * v['accuracy_mean']:.2f}% ± {100 * v['accuracy_std']:.2f}  AUC {v['roc_auc']:.4f}  "
-          f"TAR@FAR=1e-3 {100 * v['tar_at_far_1e3']:.2f}%  threshold d² {v['threshold_mean']:.4f}")
-    print(f"rank-1 identification {100 * ident['rank1']:.2f}% ({ident['probes']} probes, {ident['gallery']} gallery)")
+    print(
+        f"accuracy {100 * v['accuracy_mean']:.2f}% ± {100 * v['accuracy_std']:.2f}  AUC {v['roc_auc']:.4f}  "
+        f"TAR@FAR=1e-3 {100 * v['tar_at_far_1e3']:.2f}%  threshold d² {v['threshold_mean']:.4f}"
+    )
+    print(
+        f"rank-1 identification {100 * ident['rank1']:.2f}% "
+        f"({ident['probes']} probes, {ident['gallery']} gallery)"
+    )
     print(f"report {args.out / 'report.json'}")
     return 0
 
@@ -91,8 +115,11 @@ def _cmd_summarize(args: argparse.Namespace, command: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m models.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--log-level", default="INFO")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -102,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train (or resume with --resume true)")
     _add_config_flags(train)
+    train.add_argument("--stop-at", type=int, help="end this session at that step (resume later)")
     train.set_defaults(handler=_cmd_train)
 
     export = commands.add_parser("export", help="checkpoint → ONNX + model card, checked against onnxruntime")
@@ -120,10 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--aligner", choices=["yunet", "prealigned"], default="yunet")
     evaluate.add_argument("--detector-model", type=Path, default=ARTIFACTS / "yunet_2023mar_fp32.onnx")
     evaluate.add_argument("--out", type=Path, required=True)
-    evaluate.add_argument("--pairs-per-fold", type=int, help="first n/2 same + n/2 different per fold (smoke runs)")
+    evaluate.add_argument(
+        "--pairs-per-fold", type=int, help="first n/2 same + n/2 different per fold (smoke runs)"
+    )
     evaluate.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
     evaluate.add_argument("--threads", type=int, default=0)
-    evaluate.add_argument("--update-card", action="store_true", help="write threshold and metrics into the card")
+    evaluate.add_argument(
+        "--update-card", action="store_true", help="write threshold and metrics into the card"
+    )
     evaluate.set_defaults(handler=_cmd_evaluate)
 
     summary = commands.add_parser("summarize", help="Markdown table over evaluation report.json files")

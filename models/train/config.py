@@ -14,7 +14,7 @@ DEFAULT_LFW = REPO_ROOT.parent / "shared" / "data" / "lfw"
 
 
 def parse_folds(value: object) -> list[int]:
-    """"1-10", "1,3,5-6", [1, 2] or "" → sorted 1-based fold numbers (as written in pairs.txt order)."""
+    """ "1-10", "1,3,5-6", [1, 2] or "" → sorted 1-based fold numbers (as written in pairs.txt order)."""
     if value is None or value == "":
         return []
     if isinstance(value, int):
@@ -41,8 +41,12 @@ class TrainConfig(BaseModel):
     # Data: a folder per identity (LFW: <root>/images/<person>/*.jpg, or <root>/<person>/*).
     data_root: Path = Field(DEFAULT_LFW, description="dataset root (LFW layout or one folder per identity)")
     cache_dir: Path = Field(REPO_ROOT / ".cache" / "aligned", description="aligned 112x112 crop cache")
-    aligner: Literal["yunet", "prealigned"] = Field("yunet", description="yunet: detect+align; prealigned: resize")
-    detector_model: Path = Field(ARTIFACTS / "yunet_2023mar_fp32.onnx", description="YuNet ONNX for alignment")
+    aligner: Literal["yunet", "prealigned"] = Field(
+        "yunet", description="yunet: detect+align; prealigned: resize"
+    )
+    detector_model: Path = Field(
+        ARTIFACTS / "yunet_2023mar_fp32.onnx", description="YuNet ONNX for alignment"
+    )
     min_images: int = Field(2, ge=2, description="identities with fewer usable faces are dropped")
     max_identities: int | None = Field(None, ge=2, description="keep only the first N identities (sorted)")
     max_images_per_identity: int | None = Field(
@@ -55,7 +59,9 @@ class TrainConfig(BaseModel):
     )
 
     # Model.
-    backbone: Literal["small_cnn", "sface"] = Field("sface", description="small_cnn (tests) or sface (fine-tune)")
+    backbone: Literal["small_cnn", "sface"] = Field(
+        "sface", description="small_cnn (tests) or sface (fine-tune)"
+    )
     base_card: Path = Field(ARTIFACTS / "embedder.json", description="card of the model sface starts from")
     small_cnn_width: int = Field(16, ge=4, description="channels of the first small_cnn stage")
     freeze_bn_stats: bool | None = Field(

@@ -21,8 +21,12 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
+from models.evaluate_lfw import FALLBACK_SCORE, choose_face
 from service.runtime.alignment import align_face
+from service.runtime.analyzer import FaceAnalyzer
+from service.runtime.detector import YuNetDetector, load_detector
 from service.runtime.imaging import decode_image
+from service.runtime.quality import QualityConfig
 from service.runtime.types import RGBImage
 
 logger = logging.getLogger(__name__)
@@ -75,12 +79,9 @@ class FaceAligner(Protocol):
 class YuNetAligner:
     """The service's detector and aligner with evaluate_lfw's choice of face."""
 
-    def __init__(self, detector_model: Path, threads: int = 0, score_threshold: float = 0.6, max_side: int = 640):
-        from models.evaluate_lfw import FALLBACK_SCORE
-        from service.runtime.analyzer import FaceAnalyzer
-        from service.runtime.detector import YuNetDetector, load_detector
-        from service.runtime.quality import QualityConfig
-
+    def __init__(
+        self, detector_model: Path, threads: int = 0, score_threshold: float = 0.6, max_side: int = 640
+    ) -> None:
         detector = load_detector(detector_model, "auto", threads, score_threshold, max_side)
         self._fallback = YuNetDetector(detector.session, score_threshold=FALLBACK_SCORE, max_side=max_side)
         self._analyzer = FaceAnalyzer(detector, CROP_SIZE, QualityConfig())
@@ -92,8 +93,6 @@ class YuNetAligner:
         return self._signature
 
     def align(self, image: RGBImage) -> AlignedFace:
-        from models.evaluate_lfw import choose_face
-
         choice = choose_face(image, self._analyzer, self._fallback)
         if choice.landmarks is None:
             return AlignedFace(None, None, NO_FACE)
@@ -106,8 +105,16 @@ class PrealignedAligner:
     signature = "prealigned-v1"
 
     def align(self, image: RGBImage) -> AlignedFace:
-        crop = image if image.shape[:2] == CROP_SIZE[::-1] else cv2.resize(image, CROP_SIZE, interpolation=cv2.INTER_AREA)
+        crop = (
+            image
+            if image.shape[:2] == CROP_SIZE[::-1]
+            else cv2.resize(image, CROP_SIZE, interpolation=cv2.INTER_AREA)
+        )
         return AlignedFace(np.ascontiguousarray(crop, dtype=np.uint8), None, "prealigned")
+
+
+# A cached image: its aligned crop and landmarks, either None when no face was found.
+ShardEntry = tuple[NDArray[np.uint8] | None, NDArray[np.float32] | None]
 
 
 @dataclass(frozen=True)
@@ -135,26 +142,28 @@ class CropCache:
         by_identity: dict[str, list[Path]] = {}
         for path in paths:
             by_identity.setdefault(path.parent.name, []).append(path)
-        entries: dict[Path, tuple[NDArray[np.uint8] | None, NDArray[np.float32] | None]] = {}
         shards = {identity: self._read_shard(identity) for identity in by_identity}
-        missing = [
-            p for identity, ps in by_identity.items() for p in ps if p.name not in shards[identity]
-        ]
-        if missing:
+        todo = {
+            identity: missing
+            for identity, identity_paths in by_identity.items()
+            if (missing := [p for p in identity_paths if p.name not in shards[identity]])
+        }
+        if todo:
             self.folder.mkdir(parents=True, exist_ok=True)
-            for path in tqdm(missing, desc=desc, unit="img", disable=not progress):
-                face = self.aligner.align(read_image(path))
-                shards[path.parent.name][path.name] = (face.crop, face.landmarks)
-            for identity in {p.parent.name for p in missing}:
-                self._write_shard(identity, shards[identity])
-        for identity, identity_paths in by_identity.items():
-            for path in identity_paths:
-                entries[path] = shards[identity][path.name]
+            total = sum(len(missing) for missing in todo.values())
+            with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+                for identity, missing in todo.items():
+                    for path in missing:
+                        face = self.aligner.align(read_image(path))
+                        shards[identity][path.name] = (face.crop, face.landmarks)
+                        bar.update()
+                    # One shard per identity as soon as it is complete: an interrupted run keeps its work.
+                    self._write_shard(identity, shards[identity])
         crops = np.zeros((len(paths), CROP_SIZE[1], CROP_SIZE[0], 3), dtype=np.uint8)
         found = np.zeros(len(paths), dtype=np.bool_)
         landmarks = np.full((len(paths), 5, 2), np.nan, dtype=np.float32)
         for index, path in enumerate(paths):
-            crop, points = entries[path]
+            crop, points = shards[path.parent.name][path.name]
             if crop is not None:
                 crops[index] = crop
                 found[index] = True
@@ -165,7 +174,7 @@ class CropCache:
     def _shard_path(self, identity: str) -> Path:
         return self.folder / f"{identity}.npz"
 
-    def _read_shard(self, identity: str) -> dict[str, tuple[NDArray[np.uint8] | None, NDArray[np.float32] | None]]:
+    def _read_shard(self, identity: str) -> dict[str, ShardEntry]:
         path = self._shard_path(identity)
         if not path.is_file():
             return {}
@@ -180,9 +189,7 @@ class CropCache:
             for i, name in enumerate(names)
         }
 
-    def _write_shard(
-        self, identity: str, entries: dict[str, tuple[NDArray[np.uint8] | None, NDArray[np.float32] | None]]
-    ) -> None:
+    def _write_shard(self, identity: str, entries: dict[str, ShardEntry]) -> None:
         names = sorted(entries)
         crops = np.zeros((len(names), CROP_SIZE[1], CROP_SIZE[0], 3), dtype=np.uint8)
         landmarks = np.full((len(names), 5, 2), np.nan, dtype=np.float32)
@@ -199,7 +206,7 @@ class CropCache:
 
 
 def fill_missing_with_median(crops: CropSet) -> int:
-    """Align faceless images on the median landmarks of the rest (evaluate_lfw's last resort); returns the count."""
+    """Align faceless images on the median landmarks of the rest (evaluate_lfw's last resort); how many."""
     missing = np.nonzero(~crops.found)[0]
     known = ~np.isnan(crops.landmarks).any(axis=(1, 2))
     if missing.size == 0:
@@ -254,23 +261,22 @@ def load_training_set(
     names = sorted(candidates)[:max_identities] if max_identities is not None else sorted(candidates)
     paths = [path for name in names for path in candidates[name][:max_images]]
     crop_set = cache.load(paths, progress=progress, desc="align training images")
-    kept_paths: list[Path] = []
-    kept_rows: list[int] = []
-    kept_labels: list[int] = []
-    kept_names: list[str] = []
-    for name in names:
-        rows = [i for i, p in enumerate(paths) if p.parent.name == name and crop_set.found[i]]
-        if len(rows) < min_images:
-            continue
-        label = len(kept_names)
-        kept_names.append(name)
-        kept_rows.extend(rows)
-        kept_labels.extend([label] * len(rows))
-        kept_paths.extend(paths[i] for i in rows)
+    rows_of: dict[str, list[int]] = {}
+    for row, path in enumerate(paths):
+        if crop_set.found[row]:
+            rows_of.setdefault(path.parent.name, []).append(row)
+    kept_names = [name for name in names if len(rows_of.get(name, [])) >= min_images]
+    kept_rows = [row for name in kept_names for row in rows_of[name]]
+    kept_labels = [label for label, name in enumerate(kept_names) for _ in rows_of[name]]
+    kept_paths = [paths[row] for row in kept_rows]
     if len(kept_names) < 2:
         raise ValueError(f"only {len(kept_names)} usable identities under {root}; need at least 2")
-    logger.info("training set: %d identities, %d images (%d excluded identities)",
-                len(kept_names), len(kept_rows), excluded)
+    logger.info(
+        "training set: %d identities, %d images (%d excluded identities)",
+        len(kept_names),
+        len(kept_rows),
+        excluded,
+    )
     return TrainingSet(
         crops=np.ascontiguousarray(crop_set.crops[kept_rows]),
         labels=np.asarray(kept_labels, dtype=np.int64),
@@ -284,10 +290,12 @@ class PKBatchSampler:
     """P identities × K images per batch, a pure function of the step (so resuming repeats nothing).
 
     Identities are visited in a fresh random order every pass; an identity with fewer than K images
-    repeats some (augmentation makes the copies differ).
+    uses all of them and repeats some (augmentation makes the copies differ).
     """
 
-    def __init__(self, labels: NDArray[np.int64], identities_per_batch: int, images_per_identity: int, seed: int):
+    def __init__(
+        self, labels: NDArray[np.int64], identities_per_batch: int, images_per_identity: int, seed: int
+    ) -> None:
         self.p = identities_per_batch
         self.k = images_per_identity
         self.seed = seed
@@ -303,7 +311,10 @@ class PKBatchSampler:
         order = np.random.default_rng([self.seed, passes]).permutation(len(self.members))
         chosen = order[index * self.p : (index + 1) * self.p]
         rng = np.random.default_rng([self.seed, passes, index])
-        picks = [
-            rng.choice(self.members[i], size=self.k, replace=len(self.members[i]) < self.k) for i in chosen
-        ]
-        return np.concatenate(picks).astype(np.int64)
+        return np.concatenate([self._pick(self.members[i], rng) for i in chosen]).astype(np.int64)
+
+    def _pick(self, members: NDArray[np.int64], rng: np.random.Generator) -> NDArray[np.int64]:
+        if len(members) >= self.k:
+            return rng.choice(members, size=self.k, replace=False)
+        # Too few images: every one of them, topped up with random repeats.
+        return np.concatenate([members, rng.choice(members, size=self.k - len(members))])

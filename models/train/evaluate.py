@@ -38,7 +38,7 @@ class IdentificationResult:
 
 
 def select_pairs(pairs: list[LfwPair], folds: list[int], pairs_per_fold: int | None) -> list[LfwPair]:
-    """Pairs of the 1-based ``folds``; optionally the first n/2 same and n/2 different of each (smoke runs)."""
+    """Pairs of the 1-based ``folds``; optionally only the first n/2 same and n/2 different of each."""
     chosen: list[LfwPair] = []
     for fold in folds:
         in_fold = [p for p in pairs if p.fold == fold - 1]
@@ -51,7 +51,9 @@ def select_pairs(pairs: list[LfwPair], folds: list[int], pairs_per_fold: int | N
     return chosen
 
 
-def embed_all(embedder: OnnxEmbedder, crops: NDArray[np.uint8], batch_size: int, progress: bool) -> NDArray[np.float32]:
+def embed_all(
+    embedder: OnnxEmbedder, crops: NDArray[np.uint8], batch_size: int, progress: bool
+) -> NDArray[np.float32]:
     parts = [
         embedder.embed(crops[start : start + batch_size])
         for start in tqdm(range(0, len(crops), batch_size), desc="embed", unit="batch", disable=not progress)
@@ -59,9 +61,7 @@ def embed_all(embedder: OnnxEmbedder, crops: NDArray[np.uint8], batch_size: int,
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
 
 
-def rank1_identification(
-    embeddings: NDArray[np.float32], people: list[str]
-) -> IdentificationResult:
+def rank1_identification(embeddings: NDArray[np.float32], people: list[str]) -> IdentificationResult:
     """First image of each person (in the given order) is the gallery; the others probe it (1:N, rank 1)."""
     gallery_rows: dict[str, int] = {}
     probe_rows: list[int] = []
@@ -119,7 +119,9 @@ def evaluate(
     verification = evaluate_verification(distances, same, fold_ids)
 
     gallery_rows = [row_of[path] for path in gallery_paths]
-    identification = rank1_identification(embeddings[gallery_rows], [path.parent.name for path in gallery_paths])
+    identification = rank1_identification(
+        embeddings[gallery_rows], [path.parent.name for path in gallery_paths]
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     roc = plot_roc(distances, same, out_dir / "roc.png", title=f"LFW folds {folds} — {card.name}")
@@ -130,6 +132,7 @@ def evaluate(
         "model": card.name,
         "card": str(model_dir / card_file),
         "protocol": f"LFW View 2 folds {folds} (1-based) only, thresholds chosen on the other held-out folds",
+        "folds": folds,
         "pairs_per_fold": pairs_per_fold,
         "images": len(paths),
         "aligned_on_median_landmarks": median_aligned,
@@ -171,7 +174,11 @@ def write_card_metrics(path: Path, card: ModelCard, report: dict[str, Any]) -> N
     provenance = dict(card.provenance)
     provenance["threshold_source"] = f"{CARD_METRICS_KEY}: {report['protocol']}"
     updated = card.model_copy(
-        update={"threshold": round(verification["threshold_mean"], 6), "metrics": metrics, "provenance": provenance}
+        update={
+            "threshold": round(verification["threshold_mean"], 6),
+            "metrics": metrics,
+            "provenance": provenance,
+        }
     )
     updated.save(path)
 
@@ -186,7 +193,7 @@ def summarize(reports: list[Path]) -> str:
         report = json.loads(path.read_text())
         v = report["verification"]
         lines.append(
-            f"| {report['model']} | {report['protocol'].split(' only')[0].removeprefix('LFW View 2 ')} "
+            f"| {report['model']} | {','.join(map(str, report['folds']))} "
             f"| {v['n_pairs']} | {100 * v['accuracy_mean']:.2f} ± {100 * v['accuracy_std']:.2f} "
             f"| {v['roc_auc']:.4f} | {100 * v['tar_at_far_1e3']:.2f} | {v['threshold_mean']:.3f} "
             f"| {100 * report['identification']['rank1']:.2f} | {path} |"

@@ -1,6 +1,6 @@
 """Checkpoint → ONNX (dynamic batch) + the model card the service reads, proven against onnxruntime.
 
-    python -m models.train export runs/train/checkpoints/last.pt --out models/artifacts/finetuned --name sface_ft
+python -m models.train export runs/train/checkpoints/last.pt --out models/artifacts/finetuned --name sface_ft
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class ExportResult:
 
 def load_checkpoint(path: Path) -> tuple[EmbeddingNet, InputSpec, dict[str, Any]]:
     """Rebuild the network a checkpoint was trained with and load its weights (eval mode, CPU)."""
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     config = TrainConfig.model_validate(state["config"])
     model, spec = build_model(config)
     model.load_state_dict(state["model"])
@@ -73,7 +73,9 @@ def export_onnx(model: EmbeddingNet, spec: InputSpec, path: Path) -> None:
     onnx.checker.check_model(onnx.load(str(path)))
 
 
-def onnxruntime_difference(model: EmbeddingNet, spec: InputSpec, path: Path, crops: NDArray[np.uint8]) -> float:
+def onnxruntime_difference(
+    model: EmbeddingNet, spec: InputSpec, path: Path, crops: NDArray[np.uint8]
+) -> float:
     """Max |ORT − PyTorch| over the embeddings of ``crops`` (N, H, W, 3), run as one dynamic batch."""
     inputs = to_network_input(crops_to_float(torch.from_numpy(crops)), spec)
     with torch.no_grad():
@@ -81,15 +83,21 @@ def onnxruntime_difference(model: EmbeddingNet, spec: InputSpec, path: Path, cro
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     actual = session.run([spec.output_name], {spec.input_name: inputs.numpy()})[0]
     if actual.shape != (crops.shape[0], EMBEDDING_DIM):
-        raise ExportMismatch(f"onnxruntime returned {actual.shape}, expected ({crops.shape[0]}, {EMBEDDING_DIM})")
+        raise ExportMismatch(
+            f"onnxruntime returned {actual.shape}, expected ({crops.shape[0]}, {EMBEDDING_DIM})"
+        )
     return float(np.abs(actual - expected).max())
 
 
 def git_commit(repo: Path = REPO_ROOT) -> str:
     """HEAD (with "-dirty" when the tree has changes), or "unknown" outside a repository / before a commit."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        )
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, check=True
+        )
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
@@ -118,6 +126,7 @@ def export(
 
     provenance: dict[str, Any] = {
         "training_command": state["command"],
+        "training_commands": state["commands"],
         "export_command": command,
         "git_commit": git_commit(),
         "exported": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

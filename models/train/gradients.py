@@ -18,7 +18,8 @@ def l2_normalize_backward(inputs: Tensor, grad_output: Tensor) -> Tensor:
     norms = inputs.norm(dim=1, keepdim=True)
     unit = inputs / norms
     radial = (unit * grad_output).sum(dim=1, keepdim=True)
-    return (grad_output - unit * radial) / norms
+    grad_input: Tensor = (grad_output - unit * radial) / norms
+    return grad_input
 
 
 def triplet_loss_gradients(

@@ -52,7 +52,10 @@ class SoftmaxRatioLoss:
         distances = pairwise_distances(embeddings)
         triplets = self.miner(distances.detach(), labels)
         pair = torch.stack(
-            [distances[triplets.anchors, triplets.positives], distances[triplets.anchors, triplets.negatives]],
+            [
+                distances[triplets.anchors, triplets.positives],
+                distances[triplets.anchors, triplets.negatives],
+            ],
             dim=1,
         )
         target = torch.tensor([0.0, 1.0], dtype=pair.dtype, device=pair.device)

@@ -42,7 +42,7 @@ def all_triplets(labels: Tensor) -> Triplets:
 
 
 class BatchAllMiner:
-    """All valid triplets (Hermans et al. 2017 "batch all"); pair it with the average-over-non-zero reducer."""
+    """All valid triplets ("batch all", Hermans et al. 2017); use with the average-over-non-zero reducer."""
 
     def __call__(self, distances: Tensor, labels: Tensor) -> Triplets:
         return all_triplets(labels)

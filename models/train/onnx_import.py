@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from torch import Tensor, nn
+from torch.nn import functional
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -35,7 +35,9 @@ class _AnyRankBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 class _Conv(nn.Module):
-    def __init__(self, weight: NDArray[np.float32], bias: NDArray[np.float32] | None, attrs: dict[str, Any]):
+    def __init__(
+        self, weight: NDArray[np.float32], bias: NDArray[np.float32] | None, attrs: dict[str, Any]
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.from_numpy(weight.copy()))
         self.bias = nn.Parameter(torch.from_numpy(bias.copy())) if bias is not None else None
@@ -44,7 +46,7 @@ class _Conv(nn.Module):
             raise ValueError("Conv auto_pad is not supported")
         self.symmetric = pads[:2] == pads[2:]
         self.padding = (pads[0], pads[1]) if self.symmetric else (0, 0)
-        # F.pad wants (left, right, top, bottom); ONNX gives (top, left, bottom, right).
+        # functional.pad wants (left, right, top, bottom); ONNX gives (top, left, bottom, right).
         self.explicit_pad = (pads[1], pads[3], pads[0], pads[2])
         self.stride = tuple(attrs.get("strides", [1, 1]))
         self.dilation = tuple(attrs.get("dilations", [1, 1]))
@@ -52,12 +54,14 @@ class _Conv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.symmetric:
-            x = F.pad(x, self.explicit_pad)
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            x = functional.pad(x, self.explicit_pad)
+        return functional.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
 
 class _PRelu(nn.Module):
-    def __init__(self, slope: NDArray[np.float32]):
+    def __init__(self, slope: NDArray[np.float32]) -> None:
         super().__init__()
         self.slope = nn.Parameter(torch.from_numpy(slope.copy()))
 
@@ -68,17 +72,21 @@ class _PRelu(nn.Module):
 class _Gemm(nn.Module):
     """Y = alpha·A·B' + beta·C with B' = Bᵀ when transB (a Linear layer in the usual case)."""
 
-    def __init__(self, weight: NDArray[np.float32], bias: NDArray[np.float32] | None, attrs: dict[str, Any]):
+    def __init__(
+        self, weight: NDArray[np.float32], bias: NDArray[np.float32] | None, attrs: dict[str, Any]
+    ) -> None:
         super().__init__()
         if attrs.get("transA", 0):
             raise ValueError("Gemm transA is not supported")
         matrix = weight if attrs.get("transB", 0) else weight.T
         self.weight = nn.Parameter(torch.from_numpy(np.ascontiguousarray(matrix * attrs.get("alpha", 1.0))))
         scaled = None if bias is None else bias * attrs.get("beta", 1.0)
-        self.bias = nn.Parameter(torch.from_numpy(np.ascontiguousarray(scaled))) if scaled is not None else None
+        self.bias = (
+            nn.Parameter(torch.from_numpy(np.ascontiguousarray(scaled))) if scaled is not None else None
+        )
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return functional.linear(x, self.weight, self.bias)
 
 
 class OnnxGraphModule(nn.Module):
@@ -109,8 +117,11 @@ class OnnxGraphModule(nn.Module):
                 self.layers[key] = _Conv(constants[inputs[1]], self._optional(constants, inputs, 2), attrs)
             elif node.op_type == "BatchNormalization":
                 scale, bias, mean, var = (constants[name] for name in inputs[1:5])
-                norm = _AnyRankBatchNorm(scale.shape[0], eps=float(attrs.get("epsilon", 1e-5)),
-                                         momentum=1.0 - float(attrs.get("momentum", 0.9)))
+                norm = _AnyRankBatchNorm(
+                    scale.shape[0],
+                    eps=float(attrs.get("epsilon", 1e-5)),
+                    momentum=1.0 - float(attrs.get("momentum", 0.9)),
+                )
                 with torch.no_grad():
                     norm.weight.copy_(torch.from_numpy(scale))
                     norm.bias.copy_(torch.from_numpy(bias))
@@ -145,10 +156,14 @@ class OnnxGraphModule(nn.Module):
         graph = helper.make_graph(
             [node],
             "fold",
-            [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for n, v in feeds.items()],
+            [
+                helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                for n, v in feeds.items()
+            ],
             [helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UNDEFINED, None)],
         )
-        result = ReferenceEvaluator(helper.make_model(graph)).run(None, feeds)[0]
+        outputs = ReferenceEvaluator(helper.make_model(graph)).run(None, feeds)
+        result = outputs[node.output[0]] if isinstance(outputs, dict) else outputs[0]
         return np.asarray(result)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -172,7 +187,9 @@ class OnnxGraphModule(nn.Module):
             elif op == "Reshape":
                 data = value(inputs[0])
                 # ONNX Reshape: 0 copies the input's size on that axis.
-                shape = [data.shape[i] if int(v) == 0 else int(v) for i, v in enumerate(value(inputs[1]).tolist())]
+                shape = [
+                    data.shape[i] if int(v) == 0 else int(v) for i, v in enumerate(value(inputs[1]).tolist())
+                ]
                 result = data.reshape(shape)
             elif op == "Flatten":
                 result = torch.flatten(value(inputs[0]), self._flatten_axes[key])

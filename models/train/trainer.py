@@ -95,7 +95,9 @@ class TrainResult:
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True)
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay, nesterov=True
+        )
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -111,12 +113,18 @@ def _keep_metrics_before(path: Path, step: int) -> None:
         writer.writerows(rows)
 
 
-def train(config: TrainConfig, command: str) -> TrainResult:
-    """Train, checkpoint every ``checkpoint_every`` steps and at the end; returns where things went."""
+def train(config: TrainConfig, command: str, stop_at: int | None = None) -> TrainResult:
+    """Train, checkpoint every ``checkpoint_every`` steps and at the end; returns where things went.
+
+    ``stop_at`` ends this session early (checkpoint written) at that step, for time-sliced machines;
+    run again with ``resume`` to finish the schedule, which still spans ``config.steps``.
+    """
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = default_device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
     run_dir = config.out_dir
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -125,8 +133,13 @@ def train(config: TrainConfig, command: str) -> TrainResult:
     excluded = excluded_people(config)
     cache = CropCache(config.cache_dir, build_aligner(config.aligner, config.detector_model, config.threads))
     data = load_training_set(
-        images_root(config.data_root), cache, config.min_images, excluded,
-        config.max_identities, config.max_images_per_identity, config.progress
+        images_root(config.data_root),
+        cache,
+        config.min_images,
+        excluded,
+        config.max_identities,
+        config.max_images_per_identity,
+        config.progress,
     )
     leaked = set(data.identities) & excluded
     if leaked:  # cannot happen by construction; protocol honesty is worth the check
@@ -146,7 +159,9 @@ def train(config: TrainConfig, command: str) -> TrainResult:
         optimizer, lambda step: warmup_cosine(step, config.warmup_steps, config.steps)
     )
     loss_fn = build_loss(config)
-    sampler = PKBatchSampler(data.labels, config.identities_per_batch, config.images_per_identity, config.seed)
+    sampler = PKBatchSampler(
+        data.labels, config.identities_per_batch, config.images_per_identity, config.seed
+    )
     augment_config = AugmentConfig(config.flip, config.max_zoom, config.max_shift, config.color_jitter)
     generator = torch.Generator().manual_seed(config.seed)
     crops = torch.from_numpy(data.crops)
@@ -156,17 +171,20 @@ def train(config: TrainConfig, command: str) -> TrainResult:
     use_amp = config.amp and device.type == "cuda"
 
     start_step = 0
+    commands = [command]
     checkpoint_path = checkpoints / CHECKPOINT_NAME
     if config.resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        commands = [*state["commands"], command]
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["augment_rng"])
+        generator.set_state(state["augment_rng"].cpu())
         start_step = int(state["step"])
         logger.info("resumed from %s at step %d", checkpoint_path, start_step)
     _keep_metrics_before(metrics_path, start_step)
     (run_dir / "config.json").write_text(json.dumps(config.to_json_dict(), indent=2) + "\n")
+    (run_dir / "identities.json").write_text(json.dumps(data.identities, indent=0) + "\n")
 
     writer = _tensorboard(run_dir) if config.tensorboard else None
     new_file = not metrics_path.is_file()
@@ -181,7 +199,8 @@ def train(config: TrainConfig, command: str) -> TrainResult:
             "step": step,
             "config": config.to_json_dict(),
             "input_spec": spec.model_dump(),
-            "command": command,
+            "command": commands[0],
+            "commands": commands,
             "data": data_summary,
         }
         tmp = checkpoint_path.with_suffix(".tmp")
@@ -192,8 +211,15 @@ def train(config: TrainConfig, command: str) -> TrainResult:
         csv_writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
         if new_file:
             csv_writer.writeheader()
-        bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps,
-                   desc="train", unit="step", disable=not config.progress)
+        end_step = config.steps if stop_at is None else min(stop_at, config.steps)
+        bar = tqdm(
+            range(start_step, end_step),
+            initial=start_step,
+            total=config.steps,
+            desc="train",
+            unit="step",
+            disable=not config.progress,
+        )
         for step in bar:
             model.train()
             if config.frozen_batchnorm:
@@ -207,18 +233,28 @@ def train(config: TrainConfig, command: str) -> TrainResult:
             embeddings = embeddings.float()
             loss = loss_fn(embeddings, labels)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            lr = scheduler.get_last_lr()[0]
             scheduler.step()
 
             stats = batch_statistics(embeddings.detach(), labels, config.margin)
-            row = {"step": step, "loss": float(loss.detach()), **stats,
-                   "lr": scheduler.get_last_lr()[0], "seconds": round(time.monotonic() - started, 3)}
+            row = {
+                "step": step,
+                "loss": float(loss.detach()),
+                **stats,
+                "lr": lr,
+                "seconds": round(time.monotonic() - started, 3),
+            }
             csv_writer.writerow(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", active=f"{stats['active_fraction']:.3f}",
-                            d_ap=f"{stats['mean_d_ap']:.3f}", d_an=f"{stats['mean_d_an']:.3f}")
+            bar.set_postfix(
+                loss=f"{row['loss']:.4f}",
+                active=f"{stats['active_fraction']:.3f}",
+                d_ap=f"{stats['mean_d_ap']:.3f}",
+                d_an=f"{stats['mean_d_an']:.3f}",
+            )
             if writer is not None:
                 for name in ("loss", "active_fraction", "mean_d_ap", "mean_d_an", "lr"):
                     writer.add_scalar(name, row[name], step)
@@ -228,10 +264,10 @@ def train(config: TrainConfig, command: str) -> TrainResult:
                 handle.flush()
                 save(step + 1)
         bar.close()
-    save(config.steps)
+    save(max(end_step, start_step))
     if writer is not None:
         writer.close()
-    return TrainResult(run_dir, checkpoint_path, metrics_path, config.steps)
+    return TrainResult(run_dir, checkpoint_path, metrics_path, max(end_step, start_step))
 
 
 def _tensorboard(run_dir: Path) -> Any:

@@ -23,6 +23,9 @@ def _options(intra_op_threads: int) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = intra_op_threads
+    # The detector and embedder sessions share the cores with the worker pool; pool threads that
+    # spin-wait after a run would steal them from the other session.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -1,0 +1,217 @@
+"""Run the selected benchmarks, then print one summary table and write the README performance section.
+
+Each benchmark runs in its own process (clean thread pools and memory) and saves
+``bench/results/<name>.json``; the summary and ``bench/results/README_performance.md`` are rebuilt
+from every saved result, each number next to the command that produced it.
+
+    python -m bench                                  # search, embed, http, memory (a few minutes)
+    python -m bench --full                           # + 1M rows and the LFW accuracy comparison
+    python -m bench --only accuracy                  # one benchmark
+    python -m bench --report-only                    # just rebuild the summary and markdown
+    python -m bench --device gpu                     # GPU paths (CUDA ONNX Runtime, GPU FAISS)
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO_ROOT, RESULTS_DIR, Report, Table, fmt, fmt_count
+
+ORDER = ["bench_search", "bench_embed", "bench_pipeline", "bench_accuracy", "bench_http", "bench_memory"]
+DEFAULT = ["search", "embed", "http", "memory"]
+TITLES = {
+    "bench_search": "Identify search (exact FAISS flat scan)",
+    "bench_embed": "Embedding throughput vs face_recognition (dlib)",
+    "bench_pipeline": "Pipeline stages",
+    "bench_accuracy": "LFW accuracy vs face_recognition (dlib)",
+    "bench_http": "HTTP load (uvicorn + locust)",
+    "bench_memory": "Service memory",
+}
+
+
+def bench_argv(name: str, args: argparse.Namespace) -> list[str]:
+    argv = ["--device", args.device] if name in ("search", "embed", "http", "memory") else []
+    if args.full and name in ("search", "memory"):
+        argv.append("--full")
+    return argv
+
+
+def run_benchmark(name: str, argv: list[str]) -> int:
+    command = [sys.executable, "-m", f"bench.bench_{name}", *argv]
+    print(f"\n=== python -m bench.bench_{name} {' '.join(argv)}", flush=True)
+    return subprocess.run(command, cwd=REPO_ROOT, check=False).returncode
+
+
+def load_reports(results_dir: Path) -> list[Report]:
+    reports = []
+    for name in ORDER:
+        path = results_dir / f"{name}.json"
+        if path.is_file():
+            reports.append(Report.load(path))
+    return reports
+
+
+# --- one-line headlines per benchmark, from the raw data each report keeps ----------------------
+
+
+def _search(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for case in raw.get("cases", []):
+        rows.append(
+            (
+                f"identify search {fmt_count(case['gallery'])} ({case['device']})",
+                f"p50 {fmt(case['batch1']['p50_ms'])} ms, p99 {fmt(case['batch1']['p99_ms'])} ms, "
+                f"{fmt(case['batch1_qps'])} q/s batch-1; {fmt(case['batched_qps'])} q/s "
+                f"batch-{case['batch_size']}; {fmt(case['batch1']['p50_ms'] / case['floor_ms'])}× the "
+                "bandwidth floor",
+            )
+        )
+    return rows
+
+
+def _embed(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for r in raw.get("results", []):
+        rows.append((f"{r['pipeline']} {r['stage']}", f"{fmt(r['images_per_s'])} images/s"))
+    return rows
+
+
+def _accuracy(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for key, label in (
+        ("shipped", "LFW accuracy, shipped model"),
+        ("dlib", "LFW accuracy, face_recognition"),
+    ):
+        data = raw.get(key, {})
+        if isinstance(data.get("accuracy_mean"), (int, float)):
+            rows.append(
+                (label, f"{100 * data['accuracy_mean']:.2f}% ± {100 * data.get('accuracy_std', 0.0):.2f}")
+            )
+    return rows
+
+
+def _http(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for r in raw.get("results", []):
+        batcher = "on" if r["batching"] else "off"
+        gallery = fmt_count(r["gallery"])
+        rows.append(
+            (
+                f"HTTP {r['operation']} ({gallery} gallery, batcher {batcher}, {r['users']} users)",
+                f"{fmt(r['rps'])} req/s, p50 {fmt(r['p50_ms'])} ms, p99 {fmt(r['p99_ms'])} ms, "
+                f"{fmt(r['embeddings_per_s'])} embeddings/s",
+            )
+        )
+    return rows
+
+
+def _memory(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (
+            f"RSS at {fmt_count(c['faces'])} faces",
+            f"{fmt(c['rss_after_requests_mib'])} MiB (ready {fmt(c['rss_ready_mib'])} MiB, "
+            f"start {fmt(c['rebuild_startup_s'])} s rebuild / {fmt(c['snapshot_startup_s'])} s snapshot)",
+        )
+        for c in raw.get("cases", [])
+    ]
+
+
+HEADLINES: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
+    "bench_search": _search,
+    "bench_embed": _embed,
+    "bench_accuracy": _accuracy,
+    "bench_http": _http,
+    "bench_memory": _memory,
+}
+
+
+def summary_table(reports: list[Report]) -> Table:
+    table = Table(title="Summary (bench/results/*.json)", columns=["measurement", "result", "command"])
+    for report in reports:
+        extract = HEADLINES.get(report.name)
+        if extract is None:
+            continue
+        for label, value in extract(report.raw):
+            table.add(label, value, report.command)
+    return table
+
+
+def machine_line(report: Report) -> str:
+    m = report.machine
+    load = m.get("loadavg_start", ["?"])[0]
+    return (
+        f"{m.get('cpu_model', 'unknown CPU')}, {m.get('affinity_cpus', '?')} cores, "
+        f"{m.get('mem_total_gib', '?')} GiB, no GPU; started {report.started_at}, "
+        f"1-min load at start {load}"
+    )
+
+
+def readme_markdown(reports: list[Report]) -> str:
+    lines = [
+        "## Performance",
+        "",
+        "Every number below comes from the command printed above its table; the JSON behind it is in",
+        "`bench/results/`. `python -m bench --full` reruns everything (CPU); `python -m bench --help` lists",
+        "the options. The benchmark-only dependencies are the `bench` extra: `pip install -e '.[bench]'`.",
+        "",
+    ]
+    for report in reports:
+        lines += [f"### {TITLES.get(report.name, report.name)}", "", f"`{report.command}`", ""]
+        lines += [f"Machine: {machine_line(report)}.", ""]
+        for table in report.tables:
+            lines += [f"**{table.title}**", "", table.to_markdown(), ""]
+            lines += [f"- {note}" for note in table.notes]
+            if table.notes:
+                lines.append("")
+    lines += [
+        "### GPU",
+        "",
+        "Not measured: no GPU was available to the session that produced these numbers. The same",
+        "scripts take `--device gpu` (CUDA execution provider for ONNX Runtime, the GPU FAISS index in",
+        "the service; needs the `gpu` extra): `python -m bench --device gpu --full`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", default="", help="comma list of: search,embed,accuracy,http,memory")
+    parser.add_argument("--full", action="store_true", help="1M rows and the LFW accuracy comparison")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the summary from saved results")
+    args = parser.parse_args(argv)
+
+    selected = [n.strip() for n in args.only.split(",") if n.strip()] or (
+        [*DEFAULT, "accuracy"] if args.full else DEFAULT
+    )
+    failures: list[str] = []
+    started = time.perf_counter()
+    if not args.report_only:
+        for name in selected:
+            if run_benchmark(name, bench_argv(name, args)) != 0:
+                failures.append(name)
+
+    reports = load_reports(RESULTS_DIR)
+    markdown_path = RESULTS_DIR / "README_performance.md"
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    markdown_path.write_text(readme_markdown(reports))
+    print()
+    print(summary_table(reports).to_text())
+    print(f"\nmarkdown: {markdown_path.relative_to(REPO_ROOT)}; {time.perf_counter() - started:.0f} s")
+    if failures:
+        print(f"FAILED: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
