@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> Report:
         title=f"LFW View 2 ({len(pairs)} pairs, {args.folds} person-disjoint folds)",
         columns=[
             "pipeline",
-            "10-fold accuracy",
+            f"{args.folds}-fold accuracy",
             "ROC AUC",
             "TAR@FAR=1e-3",
             "threshold",

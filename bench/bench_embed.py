@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 
 from bench.bench_pipeline import embed_run, pick_images, pipeline_run, timed
 from bench.common import DEFAULT_LFW_ROOT, Report, Table, finish_report, fmt, start_report
-from bench.dlib_baseline import Box, DlibBaseline, baseline_versions
+from bench.dlib_baseline import Box, DlibBaseline, baseline_versions, dlib_build
 from service.runtime.alignment import align_face
 from service.runtime.analyzer import FaceAnalyzer
 from service.runtime.embedder import OnnxEmbedder, load_detector, load_embedder
@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> Report:
 
     table = Table(
         title=(
-            f"Embedding throughput, {n} LFW images (250×250, decoded beforehand), "
-            f"largest face, {args.device}"
+            f"Embedding throughput, {n} LFW images (250×250, decoded beforehand), largest face, {args.device}"
         ),
         columns=["pipeline", "stage", "batch", "threads", "images", "images/s", "ms/image", "ours ÷ dlib"],
     )
@@ -168,6 +167,13 @@ def main(argv: list[str] | None = None) -> Report:
         f"ours via bench.bench_pipeline (pick_images/pipeline_run/embed_run/timed), best of {args.repeats} "
         "after a warm-up run; dlib has no batched CPU path in face_recognition"
     )
+    if not args.no_dlib:
+        build = dlib_build()
+        table.notes.append(
+            f"dlib {baseline_versions().get('dlib')} built from the PyPI sdist: "
+            f"BLAS {build['DLIB_USE_BLAS']}, CUDA {build['DLIB_USE_CUDA']} "
+            "(without BLAS its ResNet encoder is slower than a BLAS build)"
+        )
     if args.device == "gpu":
         table.notes.append("dlib rows stay on the CPU unless dlib itself was built with CUDA")
     report.tables.append(table)

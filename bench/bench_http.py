@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> Report:
     )
     parser.add_argument(
         "--experiments",
-        default="none",
+        default="none,no-count-lookup,no-count-lookup+faiss-1-thread,no-count-lookup+faiss-1-thread+ort-1-thread",
         help="server variants for the synthetic run, e.g. none,no-count-lookup (see bench/experiments.py)",
     )
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")

@@ -188,7 +188,7 @@ def fmt(value: float, digits: int = 3) -> str:
     magnitude = abs(value)
     if magnitude >= 10**digits:
         return f"{value:,.0f}"
-    return f"{value:.{digits}g}" if magnitude >= 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+    return f"{value:.{digits}g}"
 
 
 def fmt_count(n: int) -> str:

@@ -64,6 +64,17 @@ def baseline_versions() -> dict[str, str | None]:
     return found
 
 
+def dlib_build() -> dict[str, bool]:
+    """Whether this dlib was compiled with BLAS/CUDA: without BLAS its CPU encoder is several times slower."""
+    import dlib
+
+    return {
+        "DLIB_USE_BLAS": bool(getattr(dlib, "DLIB_USE_BLAS", False)),
+        "DLIB_USE_CUDA": bool(getattr(dlib, "DLIB_USE_CUDA", False)),
+        "DLIB_USE_LAPACK": bool(getattr(dlib, "DLIB_USE_LAPACK", False)),
+    }
+
+
 def load_rgb(path: Path) -> NDArray[np.uint8]:
     """Decode as face_recognition.load_image_file does (PIL, RGB), C-contiguous uint8."""
     from PIL import Image

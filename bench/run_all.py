@@ -4,7 +4,7 @@ Each benchmark runs in its own process (clean thread pools and memory) and saves
 ``bench/results/<name>.json``; the summary and ``bench/results/README_performance.md`` are rebuilt
 from every saved result, each number next to the command that produced it.
 
-    python -m bench                                  # search, embed, http, memory (a few minutes)
+    python -m bench                                  # all but accuracy (about 10 minutes on 2 cores)
     python -m bench --full                           # + 1M rows and the LFW accuracy comparison
     python -m bench --only accuracy                  # one benchmark
     python -m bench --report-only                    # just rebuild the summary and markdown
@@ -14,6 +14,7 @@ from every saved result, each number next to the command that produced it.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -23,10 +24,19 @@ from typing import Any
 
 from bench.common import REPO_ROOT, RESULTS_DIR, Report, Table, fmt, fmt_count
 
-ORDER = ["bench_search", "bench_embed", "bench_pipeline", "bench_accuracy", "bench_http", "bench_memory"]
-DEFAULT = ["search", "embed", "http", "memory"]
+ORDER = [
+    "bench_search",
+    "bench_stages",
+    "bench_pipeline",
+    "bench_embed",
+    "bench_accuracy",
+    "bench_http",
+    "bench_memory",
+]
+DEFAULT = ["search", "stages", "pipeline", "embed", "http", "memory"]
 TITLES = {
     "bench_search": "Identify search (exact FAISS flat scan)",
+    "bench_stages": "Identify request, stage by stage",
     "bench_embed": "Embedding throughput vs face_recognition (dlib)",
     "bench_pipeline": "Pipeline stages",
     "bench_accuracy": "LFW accuracy vs face_recognition (dlib)",
@@ -36,8 +46,10 @@ TITLES = {
 
 
 def bench_argv(name: str, args: argparse.Namespace) -> list[str]:
+    if name == "pipeline":  # the faces helper's script speaks ONNX Runtime provider names
+        return ["--provider", "cuda" if args.device == "gpu" else "cpu"]
     argv = ["--device", args.device] if name in ("search", "embed", "http", "memory") else []
-    if args.full and name in ("search", "memory"):
+    if args.full and name in ("search", "stages", "memory"):
         argv.append("--full")
     return argv
 
@@ -54,7 +66,37 @@ def load_reports(results_dir: Path) -> list[Report]:
         path = results_dir / f"{name}.json"
         if path.is_file():
             reports.append(Report.load(path))
+        elif name == "bench_pipeline" and (results_dir / "pipeline.json").is_file():
+            reports.append(pipeline_report(json.loads((results_dir / "pipeline.json").read_text())))
     return reports
+
+
+def pipeline_report(data: dict[str, Any]) -> Report:
+    """``bench/bench_pipeline.py`` (the faces helper's) writes its own schema; show it like the others."""
+    device = dict(data.get("device", {}))
+    table = Table(
+        title=f"Face pipeline throughput: {data.get('input', '')}, best of {data.get('best_of', '?')}",
+        columns=["stage", "batch", "images/s", "ms/image"],
+    )
+    for row in data.get("results", []):
+        table.add(row["stage"], row["batch"], fmt(row["images_per_s"]), fmt(row["ms_per_image"]))
+    table.notes.append(
+        f"{device.get('embedder_provider', '?')}, onnxruntime {device.get('onnxruntime', '?')}, "
+        f"intra-op threads {device.get('intra_op_threads', '?')}"
+    )
+    machine = {
+        "cpu_model": device.get("cpu"),
+        "affinity_cpus": device.get("logical_cpus"),
+        "loadavg_start": [device.get("load_average_1m_at_start", "?")],
+    }
+    return Report(
+        name="bench_pipeline",
+        command=str(data.get("command", "python -m bench.bench_pipeline")),
+        tables=[table],
+        raw={"results": data.get("results", [])},
+        machine=machine,
+        started_at=str(data.get("date", "")),
+    )
 
 
 # --- one-line headlines per benchmark, from the raw data each report keeps ----------------------
@@ -76,9 +118,34 @@ def _search(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _embed(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (f"{r['pipeline']} {r['stage']}, batch {r['batch']}", f"{fmt(r['images_per_s'])} images/s")
+        for r in raw.get("results", [])
+    ]
+
+
+def _pipeline(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (f"pipeline {r['stage']}, batch {r['batch']}", f"{fmt(r['images_per_s'])} images/s")
+        for r in raw.get("results", [])
+    ]
+
+
+def _stages(raw: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
-    for r in raw.get("results", []):
-        rows.append((f"{r['pipeline']} {r['stage']}", f"{fmt(r['images_per_s'])} images/s"))
+    for case in raw.get("cases", []):
+        stages = case["stages"]
+        slowest = max(
+            (s for s in stages if not s.startswith(" ") and "proposed" not in s),
+            key=lambda s: stages[s]["mean_ms"],
+        )
+        rows.append(
+            (
+                f"identify in-process at {fmt_count(case['faces'])} faces",
+                f"{fmt(case['request_ms_shipped'])} ms shipped → {fmt(case['request_ms_proposed'])} ms "
+                f"proposed; slowest stage: {slowest.strip()} ({fmt(stages[slowest]['mean_ms'])} ms)",
+            )
+        )
     return rows
 
 
@@ -100,6 +167,8 @@ def _http(raw: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for r in raw.get("results", []):
         batcher = "on" if r["batching"] else "off"
+        if r.get("experiment", "none") != "none":
+            batcher += f", + {r['experiment']}"
         gallery = fmt_count(r["gallery"])
         rows.append(
             (
@@ -124,6 +193,8 @@ def _memory(raw: dict[str, Any]) -> list[tuple[str, str]]:
 
 HEADLINES: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "bench_search": _search,
+    "bench_stages": _stages,
+    "bench_pipeline": _pipeline,
     "bench_embed": _embed,
     "bench_accuracy": _accuracy,
     "bench_http": _http,
@@ -169,6 +240,7 @@ def readme_markdown(reports: list[Report]) -> str:
             lines += [f"- {note}" for note in table.notes]
             if table.notes:
                 lines.append("")
+    lines += slowest_stage_markdown(reports)
     lines += [
         "### GPU",
         "",
@@ -180,11 +252,47 @@ def readme_markdown(reports: list[Report]) -> str:
     return "\n".join(lines)
 
 
+def slowest_stage_markdown(reports: list[Report]) -> list[str]:
+    """The bottleneck per gallery size, written from bench_stages' numbers (nothing typed by hand)."""
+    stages_report = next((r for r in reports if r.name == "bench_stages"), None)
+    if stages_report is None:
+        return []
+    lines = ["### Where an identify request spends its time", "", f"From `{stages_report.command}`:", ""]
+    for case in stages_report.raw.get("cases", []):
+        stages = case["stages"]
+        lookup = stages["collection lookup (shipped)"]["mean_ms"]
+        proposed = stages["collection lookup (row only, proposed)"]["mean_ms"]
+        faiss_one = stages.get("FAISS top-k, 1 OpenMP thread (proposed)", {}).get("mean_ms", float("nan"))
+        faiss_ms = stages["  of which FAISS top-k"]["mean_ms"]
+        model_ms = stages["detect+align+quality"]["mean_ms"] + stages["embed"]["mean_ms"]
+        total = case["request_ms_shipped"]
+        lines.append(
+            f"- {fmt_count(case['faces'])} faces: {fmt(total)} ms per request; "
+            f"detect+embed {fmt(model_ms)} ms, FAISS top-k {fmt(faiss_ms)} ms, "
+            f"two collection lookups {fmt(2 * lookup)} ms "
+            f"({fmt(100 * 2 * lookup / total)}%); with row-only lookups ({fmt(proposed)} ms each) and "
+            f"FAISS on one OpenMP thread ({fmt(faiss_one)} ms) {fmt(case['request_ms_proposed'])} ms."
+        )
+    lines += [
+        "",
+        "Each identify looks its collection up twice (`domain.search.identify`, then `Gallery.search`) and",
+        "each lookup counts the collection's subjects and faces (`COUNT(*)`, linear in the gallery). The",
+        "proposed fix resolves the collection without counts on the request path. Batch-1 FAISS scans gain",
+        "nothing from a second OpenMP thread and lose a lot to OpenMP's barrier when the cores are busy",
+        "(ONNX Runtime, the analysis threads); the proposal pins FAISS to one thread for batch-1 searches.",
+        "The `+ ...` rows of the HTTP table measure both end to end (bench/experiments.py).",
+        "",
+    ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--only", default="", help="comma list of: search,embed,accuracy,http,memory")
+    parser.add_argument(
+        "--only", default="", help="comma list of: search,stages,pipeline,embed,accuracy,http,memory"
+    )
     parser.add_argument("--full", action="store_true", help="1M rows and the LFW accuracy comparison")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--report-only", action="store_true", help="rebuild the summary from saved results")

@@ -16,6 +16,10 @@ from pathlib import Path
 
 CPU_ONLY = frozenset({"onnxruntime", "faiss-cpu"})
 EXTRAS = {"cpu": ("postgres",), "gpu": ("gpu", "postgres")}
+# The GPU image is CUDA 12 (CUDA_BASE_IMAGE, and faiss-gpu-cu12 is built for it); onnxruntime-gpu
+# wheels from 1.27 on are built for CUDA 13 and fall back to the CPU there. pip merges this with the
+# extra's own specifier; drop it once pyproject.toml's `gpu` extra carries the bound.
+IMAGE_CONSTRAINTS = {"cpu": (), "gpu": ("onnxruntime-gpu<1.27",)}
 
 
 def requirement_name(requirement: str) -> str:
@@ -32,6 +36,7 @@ def image_requirements(pyproject: Path, variant: str) -> list[str]:
         requirements = [r for r in requirements if requirement_name(r) not in CPU_ONLY]
     for extra in EXTRAS[variant]:
         requirements.extend(project["optional-dependencies"][extra])
+    requirements.extend(IMAGE_CONSTRAINTS[variant])
     return requirements
 
 

@@ -229,7 +229,8 @@ build_base_image() {
             if [[ -f "$ref" ]]; then mkdir -p "$rootfs$(dirname "$ref")"; cp "$ref" "$rootfs$ref"; fi
         done
     fi
-    tar -C "$rootfs" -c . | $ENGINE import - "$BASE_IMAGE" >/dev/null
+    tar -C "$rootfs" -c . | $ENGINE import - "$BASE_IMAGE" > "$WORK/import.log" 2>&1 \
+        || { tail -20 "$WORK/import.log"; fail "importing the root file system failed"; }
     rm -rf "$rootfs"
 }
 
@@ -254,8 +255,9 @@ if ! $ENGINE image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     $ENGINE image inspect "$BASE_IMAGE" >/dev/null 2>&1 || build_base_image
 fi
 if [[ "$POSTGRES_IMAGE" == localhost/faces-postgres:* ]]; then
-    $ENGINE build -q "${BUILD_FORMAT[@]}" --network host --build-arg BASE_IMAGE="$BASE_IMAGE" \
-        -f "$REPO_ROOT/deploy/smoke/postgres.Containerfile" -t "$POSTGRES_IMAGE" "$REPO_ROOT" >/dev/null
+    $ENGINE build "${BUILD_FORMAT[@]}" --network host --build-arg BASE_IMAGE="$BASE_IMAGE" \
+        -f "$REPO_ROOT/deploy/smoke/postgres.Containerfile" -t "$POSTGRES_IMAGE" "$REPO_ROOT" \
+        > "$WORK/build-postgres.log" 2>&1 || { tail -30 "$WORK/build-postgres.log"; fail "PostgreSQL image build failed"; }
     log "built $POSTGRES_IMAGE (deploy/smoke/postgres.Containerfile)"
 fi
 if [[ $DRIVER == compose ]]; then

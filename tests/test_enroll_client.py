@@ -349,9 +349,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def live_server(tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`faces serve` in a subprocess on a free port, with its own SQLite store and index dir."""
+    tmp_path = tmp_path_factory.mktemp("server")
     port = _free_port()
     # No FACES_* from the caller's environment leaks in (API keys would lock the test client out).
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_")}
@@ -457,3 +458,27 @@ def test_faces_enroll_console_command_dispatches_to_the_client(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "enrolled 1" in result.stdout
     assert json.loads((tmp_path / "r.json").read_text())["counts"]["enrolled"] == 1
+
+
+@pytest.mark.slow
+def test_face_selection_reaches_the_server(live_server: str, tmp_path: Path, lfw_image: LfwImage) -> None:
+    """Two people side by side: strict rejects the photo, largest enrolls one face from it."""
+    left = Image.open(lfw_image("Colin_Powell", 1)).convert("RGB")
+    right = Image.open(lfw_image("George_W_Bush", 1)).convert("RGB")
+    pair = Image.new("RGB", (left.width + right.width, max(left.height, right.height)))
+    pair.paste(left, (0, 0))
+    pair.paste(right, (left.width, 0))
+    root = tmp_path / "people"
+    (root / "Colin_Powell").mkdir(parents=True)
+    pair.save(root / "Colin_Powell" / "with_bush.jpg", quality=95)
+
+    strict = main([str(root), "--collection", "pairs", "--base-url", live_server, "--no-progress",
+                   "--report", str(tmp_path / "strict.json")])
+    largest = main([str(root), "--collection", "pairs", "--base-url", live_server, "--no-progress",
+                    "--face-selection", "largest", "--report", str(tmp_path / "largest.json")])
+
+    assert (strict, largest) == (0, 0)
+    strict_report = json.loads((tmp_path / "strict.json").read_text())
+    largest_report = json.loads((tmp_path / "largest.json").read_text())
+    assert [r["code"] for r in strict_report["rejected"]] == ["multiple_faces"]
+    assert largest_report["counts"]["enrolled"] == 1

@@ -12,6 +12,7 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
+from models.lfw import evaluate_verification, fold_people, read_pairs
 from service.runtime.alignment import ARCFACE_TEMPLATE_112, align_face, estimate_similarity, template_for
 from service.runtime.analyzer import AnalyzedFace, FaceAnalyzer
 from service.runtime.detector import AlignedCropDetector, YuNetDetector, load_detector
@@ -291,3 +292,32 @@ def test_aligned_crop_detector_passes_crops_through(
     assert len(faces) == 1
     np.testing.assert_array_equal(faces[0].crop, crop)
     assert d2(embedder.embed(faces[0].crop[None])[0], embedder.embed(crop[None])[0]) < 1e-8
+
+
+def test_lfw_protocol_reads_person_disjoint_folds(lfw_root: Path) -> None:
+    pairs = read_pairs(lfw_root / "pairs.txt", lfw_root / "images")
+    assert len(pairs) == 6000
+    assert sum(p.same for p in pairs) == 3000
+    people = fold_people(pairs)
+    assert sorted(people) == list(range(10))
+    assert all(not (people[a] & people[b]) for a in people for b in people if a < b)
+    assert all(p.path_a.is_file() and p.path_b.is_file() for p in pairs[:50])
+
+
+def test_verification_report_on_known_distances() -> None:
+    rng = np.random.default_rng(7)
+    folds = np.repeat(np.arange(10, dtype=np.int64), 600)
+    same = np.tile(np.repeat([True, False], 300), 10)
+    distances = np.where(same, rng.uniform(0.2, 1.0, same.size), rng.uniform(1.5, 3.0, same.size))
+    perfect = evaluate_verification(distances, same, folds)
+    assert perfect.accuracy_mean == 1.0
+    assert perfect.roc_auc == 1.0
+    assert perfect.tar_at_far_1e3 == 1.0
+    assert all(1.0 < t < 1.5 for t in perfect.fold_thresholds)
+    # Swap 60 labels in fold 0: only that fold loses accuracy, by exactly 60/600.
+    noisy_same = same.copy()
+    noisy_same[:60] = ~noisy_same[:60]
+    noisy = evaluate_verification(distances, noisy_same, folds)
+    assert noisy.fold_accuracies[0] == pytest.approx(0.9)
+    assert noisy.fold_accuracies[1:] == [1.0] * 9
+    assert noisy.roc_auc < 1.0

@@ -175,7 +175,7 @@ def train(config: TrainConfig, command: str, stop_at: int | None = None) -> Trai
     checkpoint_path = checkpoints / CHECKPOINT_NAME
     if config.resume and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        commands = [*state["commands"], command]
+        commands = [*state.get("commands", [state["command"]]), command]
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -102,7 +102,7 @@ async def enroll_images(
 ) -> list[ImageOutcome]:
     """Analyse every image, embed the accepted faces together, persist them atomically."""
     # Fail fast on a missing collection/subject before spending time on the model.
-    await asyncio.to_thread(gallery.store.get_collection, collection)
+    await asyncio.to_thread(gallery.store.collection_pk, collection)
     if not create_subject:
         await asyncio.to_thread(gallery.store.get_subject, collection, subject_id)
     outcomes = list(

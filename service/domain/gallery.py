@@ -88,8 +88,7 @@ class Gallery:
 
     def search(self, collection: str, queries: NDArray[np.float32], top_k: int) -> list[list[Candidate]]:
         """Per query, the ``top_k`` best subjects, each represented by its closest face."""
-        coll = self.store.get_collection(collection)
-        index = self.indexes.get(coll.pk)
+        index = self.indexes.get(self.store.collection_pk(collection))
         results: list[list[Candidate]] = []
         for query in np.atleast_2d(queries):
             results.append(self._rank_subjects(index, query, top_k))

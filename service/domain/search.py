@@ -29,7 +29,7 @@ async def identify(
     max_faces: int,
 ) -> list[FaceMatches]:
     """Unknown people come back with ``match=None``: the best distance must be ≤ threshold."""
-    await asyncio.to_thread(gallery.store.get_collection, collection)
+    await asyncio.to_thread(gallery.store.collection_pk, collection)
     faces = await engine.embed_image(data, max_faces=max_faces)
     queries = np.ascontiguousarray(np.stack([f.embedding for f in faces]))
     ranked = await asyncio.to_thread(gallery.search, collection, queries, top_k)

@@ -181,6 +181,16 @@ class FaceStore:
         with self._engine.connect() as conn:
             return self._collection_with_counts(conn, self._collection_row(conn, name))
 
+    def collection_pk(self, name: str) -> int:
+        """The collection's key without its counts: the cheap existence check for hot paths."""
+        with self._engine.connect() as conn:
+            pk = conn.execute(
+                select(collections_table.c.pk).where(collections_table.c.name == name)
+            ).scalar_one_or_none()
+        if pk is None:
+            raise CollectionNotFound(f"Collection '{name}' not found.", collection=name)
+        return int(pk)
+
     def delete_collection(self, name: str) -> int:
         """Delete a collection with its subjects and faces; returns its primary key."""
         with self._engine.begin() as conn:
