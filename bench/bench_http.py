@@ -172,16 +172,17 @@ def main(argv: list[str] | None = None) -> Report:
     )
     parser.add_argument(
         "--experiments",
-        default="none,no-count-lookup,no-count-lookup+faiss-1-thread,no-count-lookup+faiss-1-thread+ort-1-thread",
-        help="server variants for the synthetic run, e.g. none,no-count-lookup (see bench/experiments.py)",
+        default="counting-lookup,none,faiss-1-thread,ort-1-thread,faiss-1-thread+ort-1-thread",
+        help="server variants for the synthetic run, 'none' = as shipped (see bench/experiments.py)",
     )
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="FACES_INTRA_OP_THREADS (0 = all cores)")
     parser.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW_ROOT)
+    parser.add_argument("--tag", default="", help="save as bench_http-TAG.json (kept beside the default run)")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    report = start_report("bench_http", argv)
+    report = start_report("bench_http", argv, tag=args.tag)
     people = enrollment_people(args.lfw_dir, args.faces)
     probes = [probe for _, _, probe in people]
     enroll_photos = [photo for _, photo, _ in people]
@@ -310,7 +311,8 @@ def main(argv: list[str] | None = None) -> Report:
         )
     if any(r.experiment != "none" for r in results):
         table.notes.append(
-            "'+ name' rows: the server with a proposed change patched in (bench/experiments.py)"
+            "'+ name' rows: the server with a change patched in (bench/experiments.py); "
+            "counting-lookup = the collection lookup before the COUNT(*) fix"
         )
     report.tables.append(table)
     report.raw = {

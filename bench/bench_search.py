@@ -222,6 +222,7 @@ def main(argv: list[str] | None = None) -> Report:
             "MB scanned/query",
             "floor ms",
             "p50/floor",
+            "1-thread p50/floor",
         ],
     )
     for case in cases:
@@ -240,6 +241,7 @@ def main(argv: list[str] | None = None) -> Report:
             fmt(case.bytes_per_query / 1e6),
             fmt(case.floor_ms),
             fmt(case.batch1.p50_ms / case.floor_ms),
+            fmt(case.batch1_one_thread.p50_ms / case.floor_ms),
         )
     table.notes.append(
         f"floor = N×{DIM}×4 bytes / {bandwidth / 1e9:.1f} GB/s (single-thread numpy copy of 1 GiB, "

@@ -118,13 +118,16 @@ def _json_default(value: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def start_report(name: str, argv: Sequence[str] | None = None, module: str | None = None) -> Report:
-    """A report stamped with the command line that reproduces it."""
+def start_report(
+    name: str, argv: Sequence[str] | None = None, module: str | None = None, tag: str = ""
+) -> Report:
+    """A report stamped with the command line that reproduces it; ``tag`` saves ``<name>-<tag>.json``
+    beside the default run instead of replacing it."""
     args = list(sys.argv[1:] if argv is None else argv)
     target = module or f"bench.{name}"
     command = " ".join([PYTHON, "-m", target, *(shlex.quote(a) for a in args)])
     return Report(
-        name=name,
+        name=f"{name}-{tag}" if tag else name,
         command=command,
         machine=machine_info(),
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),

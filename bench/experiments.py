@@ -1,10 +1,10 @@
-"""Bench-only server variants: ``faces serve`` with one proposed optimisation patched in.
+"""Bench-only server variants: ``faces serve`` with a proposed (or a reverted) change patched in.
 
-This lets a proposal for code the bench does not own be measured by the same harness and land in
-the same table as the unpatched service (before/after). Nothing here is imported by ``service/``.
+This lets a change to code the bench does not own be measured by the same harness and land in the
+same table as the unpatched service (before/after). Nothing here is imported by ``service/``.
 
-    python -m bench.experiments no-count-lookup serve --host 127.0.0.1 --port 8000
-    python -m bench.experiments no-count-lookup+faiss-1-thread serve
+    python -m bench.experiments faiss-1-thread serve --host 127.0.0.1 --port 8000
+    python -m bench.experiments faiss-1-thread+ort-1-thread serve
 """
 
 from __future__ import annotations
@@ -13,40 +13,31 @@ import os
 import sys
 from collections.abc import Callable
 
-from service.storage.records import CollectionRecord
-from service.storage.store import FaceStore, _aware
+from service.storage.store import FaceStore
 
 
-def collection_without_counts(store: FaceStore, name: str) -> CollectionRecord:
-    """The collection row alone: one indexed lookup, no ``COUNT(*)`` (counts left at 0)."""
-    with store._engine.connect() as conn:
-        row = store._collection_row(conn, name)
-    return CollectionRecord(
-        pk=int(row.pk),
-        name=str(row.name),
-        description=str(row.description or ""),
-        created_at=_aware(row.created_at),
-        revision=int(row.revision),
-    )
+def counting_lookup() -> None:
+    """The identify/enroll path as it was before ``FaceStore.collection_pk``: the collection resolved
+    through ``get_collection``, which runs ``COUNT(*)`` over its subjects and faces (linear in the
+    gallery). Kept so the fix's before/after stays measurable in one table."""
 
+    def collection_pk(self: FaceStore, name: str) -> int:
+        return self.get_collection(name).pk
 
-def no_count_lookup() -> None:
-    """Resolve a collection by name without counting its subjects and faces.
-
-    Every identify request looks its collection up twice (``domain.search.identify`` and
-    ``Gallery.search``) and each lookup runs two ``COUNT(*)`` scans, linear in the gallery size.
-    The patched lookup returns the row alone; the identify path never reads the counts.
-    """
-    FaceStore.get_collection = collection_without_counts  # type: ignore[method-assign, assignment]
+    FaceStore.collection_pk = collection_pk  # type: ignore[method-assign]
 
 
 def faiss_single_thread() -> None:
     """One OpenMP thread for FAISS: a batch-1 flat scan does not need more, and on a busy box
     (ONNX Runtime's pool, the analysis threads, other processes) OpenMP's barrier between two
-    threads costs far more than the scan itself."""
-    import faiss
+    threads costs far more than the scan itself.
 
-    faiss.omp_set_num_threads(1)
+    ``omp_set_num_threads`` only binds the calling thread and the service searches from worker
+    threads, so this sets ``OMP_NUM_THREADS`` before FAISS (libgomp) is first loaded instead.
+    """
+    if "faiss" in sys.modules:
+        raise RuntimeError("faiss-1-thread must be applied before faiss is imported")
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def onnx_single_thread() -> None:
@@ -56,7 +47,7 @@ def onnx_single_thread() -> None:
 
 
 EXPERIMENTS: dict[str, Callable[[], None]] = {
-    "no-count-lookup": no_count_lookup,
+    "counting-lookup": counting_lookup,
     "faiss-1-thread": faiss_single_thread,
     "ort-1-thread": onnx_single_thread,
 }

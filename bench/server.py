@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from tqdm import tqdm
 
 from bench.common import REPO_ROOT, random_unit_vectors, rss_bytes
 from service.storage.store import FaceStore
@@ -161,7 +162,10 @@ def seed_synthetic(
     try:
         store.create_collection(SYNTHETIC_COLLECTION, "benchmark: synthetic embeddings")
         started = time.perf_counter()
-        for start in range(0, count, chunk):
+        starts = range(0, count, chunk)
+        for start in tqdm(
+            starts, desc=f"store {count} synthetic faces", unit="chunk", disable=len(starts) < 2
+        ):
             size = min(chunk, count - start)
             vectors = random_unit_vectors(size, 128, seed + start)
             store.bulk_insert_synthetic(SYNTHETIC_COLLECTION, f"syn{start}-", vectors, faces_per_subject)

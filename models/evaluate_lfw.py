@@ -27,7 +27,7 @@ from numpy.typing import NDArray
 from tqdm import tqdm
 
 from models.lfw import LfwPair, evaluate_verification, plot_histogram, plot_roc, read_pairs
-from service.runtime.alignment import align_face
+from service.runtime.alignment import ALIGN_INTERPOLATION, align_face
 from service.runtime.analyzer import AnalyzedFace, FaceAnalyzer
 from service.runtime.detector import YuNetDetector, load_detector
 from service.runtime.embedder import OnnxEmbedder, load_embedder
@@ -170,6 +170,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     parser.add_argument("--score-threshold", type=float, default=0.6, help="detector score threshold")
     parser.add_argument("--max-side", type=int, default=640, help="detection downscale limit")
+    parser.add_argument(
+        "--min-side",
+        type=int,
+        default=0,
+        help="upscale smaller images to this shorter side before detection (0: off; the service's "
+        "FACES_DETECTION_MIN_SIDE)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-cache", action="store_true", help="ignore and overwrite the embedding cache")
     return parser.parse_args(argv)
@@ -185,10 +192,17 @@ def main(argv: list[str] | None = None) -> int:
     pairs: list[LfwPair] = read_pairs(args.lfw_dir / args.pairs, args.lfw_dir / "images")
     embedder, card = load_embedder(args.model_dir, args.card, provider, args.threads)
     detector = load_detector(
-        args.model_dir / args.detector, provider, args.threads, args.score_threshold, args.max_side
+        args.model_dir / args.detector,
+        provider,
+        args.threads,
+        args.score_threshold,
+        args.max_side,
+        min_side=args.min_side,
     )
     # Same session, near-zero threshold: only consulted when the real detector finds nothing.
-    fallback = YuNetDetector(detector.session, score_threshold=FALLBACK_SCORE, max_side=args.max_side)
+    fallback = YuNetDetector(
+        detector.session, score_threshold=FALLBACK_SCORE, max_side=args.max_side, min_side=args.min_side
+    )
     analyzer = FaceAnalyzer(detector, embedder.input_size, QualityConfig())
 
     images_dir = args.lfw_dir / "images"
@@ -200,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             "input": card.input.model_dump(),
             "score_threshold": args.score_threshold,
             "max_side": args.max_side,
+            "min_side": args.min_side,
+            "align_interpolation": ALIGN_INTERPOLATION,
             "method": "centre_face/low_score_face/median_landmarks v1",
         },
         sort_keys=True,
@@ -230,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
         "onnx_file": card.onnx_file,
         "detector": args.detector,
         "protocol": f"LFW View 2 {args.pairs}: {report.n_pairs} pairs, 10 person-disjoint folds",
-        "pipeline": f"decode_image -> YuNet (score >= {args.score_threshold:.2f}, max side {args.max_side}) "
-        f"-> face nearest the centre -> ArcFace 5-point similarity alignment -> {card.name}",
+        "pipeline": f"decode_image -> YuNet (score >= {args.score_threshold:.2f}, max side {args.max_side}, "
+        f"min side {args.min_side}) "
+        f"-> face nearest the centre -> ArcFace 5-point similarity alignment (bicubic) -> {card.name}",
         "images": len(paths),
         "face_choice": method_counts,
         "provider": active_provider(embedder.session),

@@ -201,6 +201,26 @@ def test_detection_on_large_image_is_in_full_resolution_coordinates(
         np.testing.assert_allclose(big_face.box, 2 * np.array(small_face.box), atol=1e-2)
 
 
+def test_small_image_upscaled_for_detection_answers_in_its_own_coordinates(
+    lfw_image: ImagePath, detector: YuNetDetector
+) -> None:
+    # min_side 500 makes the detector see the 250x250 photo at 500x500 (bilinear): exactly what it
+    # sees when handed that 500x500 copy itself, so the answers must be the copy's, halved.
+    image = load_rgb(lfw_image("Colin_Powell", 1))
+    upscaling = YuNetDetector(detector.session, score_threshold=0.6, max_side=640, min_side=500)
+    assert upscaling.detection_scale(250, 250) == 2.0
+    assert upscaling.detection_scale(250, 400) == 640 / 400  # never past max_side
+    assert upscaling.detection_scale(500, 600) == 1.0
+    assert upscaling.detection_scale(600, 800) == 0.8
+    double = rgb(cv2.resize(image, (500, 500), interpolation=cv2.INTER_LINEAR))
+    native = detector.detect(double)
+    small = upscaling.detect(image)
+    assert len(small) == len(native) >= 1
+    for small_face, double_face in zip(small, native, strict=True):
+        np.testing.assert_allclose(small_face.landmarks, double_face.landmarks / 2, atol=1e-2)
+        np.testing.assert_allclose(small_face.box, np.array(double_face.box) / 2, atol=1e-2)
+
+
 def test_landmark_order_matches_template(lfw_image: ImagePath, detector: YuNetDetector) -> None:
     face = detector.detect(load_rgb(lfw_image("George_W_Bush", 1)))[0]
     right_eye, left_eye, nose, right_mouth, left_mouth = face.landmarks

@@ -22,6 +22,10 @@ ARCFACE_TEMPLATE_112: NDArray[np.float32] = np.array(
 )
 ARCFACE_TEMPLATE_112.setflags(write=False)
 
+# Bicubic resampling keeps the eyes and mouth sharper than bilinear when LFW-sized faces (~90 px)
+# are warped to 112 px: +0.10 points of LFW 10-fold accuracy with SFace (models/artifacts/README.md).
+ALIGN_INTERPOLATION = cv2.INTER_CUBIC
+
 
 def template_for(size: tuple[int, int]) -> NDArray[np.float32]:
     """The template scaled to a (width, height) crop."""
@@ -64,6 +68,6 @@ def align_face(
     """Warp the full-resolution image so the 5 landmarks land on the template; (height, width, 3) uint8."""
     matrix = estimate_similarity(landmarks, template_for(size))
     crop = cv2.warpAffine(
-        image, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        image, matrix, size, flags=ALIGN_INTERPOLATION, borderMode=cv2.BORDER_CONSTANT, borderValue=0
     )
     return np.ascontiguousarray(crop, dtype=np.uint8)
