@@ -72,6 +72,10 @@ def load_reports(results_dir: Path) -> list[Report]:
     return reports
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def base_name(report: Report) -> str:
     """``bench_http-1m`` → ``bench_http`` (tagged runs share their benchmark's title and headlines)."""
     return report.name.split("-", 1)[0]
@@ -178,7 +182,7 @@ def _http(raw: dict[str, Any]) -> list[tuple[str, str]]:
         gallery = fmt_count(r["gallery"])
         rows.append(
             (
-                f"HTTP {r['operation']} ({gallery} gallery, batcher {batcher}, {r['users']} users)",
+                f"HTTP {r['operation']} ({gallery} gallery, batcher {batcher}, {plural(r['users'], 'user')})",
                 f"{fmt(r['rps'])} req/s, p50 {fmt(r['p50_ms'])} ms, p99 {fmt(r['p99_ms'])} ms, "
                 f"{fmt(r['embeddings_per_s'])} embeddings/s",
             )
@@ -299,7 +303,8 @@ def slowest_stage_markdown(reports: list[Report]) -> list[str]:
                 label = "as shipped" if r["experiment"] == "none" else f"+ {r['experiment']}"
                 change = 100.0 * (r["rps"] / base["rps"] - 1.0)
                 lines.append(
-                    f"- {fmt_count(r['gallery'])} faces, {r['users']} users, {label}: {fmt(r['rps'])} req/s "
+                    f"- {fmt_count(r['gallery'])} faces, {plural(r['users'], 'user')}, {label}: "
+                    f"{fmt(r['rps'])} req/s "
                     f"({change:+.0f}% vs shipped), p50 {fmt(r['p50_ms'])} ms, p99 {fmt(r['p99_ms'])} ms"
                 )
             lines.append("")

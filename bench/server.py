@@ -66,7 +66,7 @@ class ServerConfig:
 
 
 class ServiceProcess:
-    """``python -m service.cli serve``; ``url`` once ready."""
+    """``python -m service.cli serve`` (or ``bench.experiments NAME serve``); ``url`` once ready."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
@@ -84,16 +84,9 @@ class ServiceProcess:
     def start(self, timeout_s: float = 600.0) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        command = [
-            sys.executable,
-            "-m",
-            "service.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-        ]
+        # An experiment runs the same CLI with a bench.experiments patch applied first.
+        entry = ["bench.experiments", self.config.experiment] if self.config.experiment else ["service.cli"]
+        command = [sys.executable, "-m", *entry, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         started = time.perf_counter()
         self._process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=self.config.env(self.port), stdout=log, stderr=subprocess.STDOUT

@@ -58,7 +58,13 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         on_faces=metrics.faces_detected.inc,
     )
     store = FaceStore.from_url(settings.database_url)
-    indexes = IndexRegistry(store, card.embedding_dim, settings.index_dir, use_gpu=settings.use_gpu_index)
+    indexes = IndexRegistry(
+        store,
+        card.embedding_dim,
+        settings.index_dir,
+        use_gpu=settings.use_gpu_index,
+        search_threads=settings.search_threads,
+    )
     indexes.load_all([c.pk for c in store.list_collections()])
     gallery = Gallery(store, indexes)
     metrics.watch_index(gallery.index_sizes_by_name)

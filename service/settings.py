@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     # Where FAISS snapshots are written (rebuilt from the store when missing or stale).
     index_dir: Path = Path("./data/index")
     use_gpu_index: bool = True
+    # OpenMP threads per FAISS search. One query scans memory-bound: a second thread mostly adds
+    # barrier waits while the model uses the cores (bench/results/README_performance.md).
+    search_threads: int = Field(default=1, ge=1, le=256)
 
     # Models: a directory holding the embedding model card, embedder and detector ONNX files.
     model_dir: Path = DEFAULT_MODEL_DIR

@@ -41,14 +41,18 @@ def gpu_available() -> bool:
 class CollectionIndex:
     """``IndexIDMap2(IndexFlatIP)`` keyed by the store's int64 face pk; thread-safe."""
 
-    def __init__(self, dim: int, *, use_gpu: bool = False, index: faiss.Index | None = None) -> None:
+    def __init__(
+        self, dim: int, *, use_gpu: bool = False, index: faiss.Index | None = None, search_threads: int = 1
+    ) -> None:
         self.dim = dim
+        self._search_threads = search_threads
         # Typed Any: faiss's SWIG wrappers accept numpy arrays its stubs don't declare.
         self._index: Any = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         self._lock = threading.RLock()
         self._use_gpu = use_gpu and gpu_available()
         self._gpu_resources: Any = None
         self._gpu_flat: Any = None  # mirror of the flat storage, rebuilt lazily after writes
+        self._gpu_ids: NDArray[np.int64] | None = None  # position → id, rebuilt with the mirror
 
     @property
     def ntotal(self) -> int:
@@ -80,6 +84,8 @@ class CollectionIndex:
                 return empty_s, np.full((len(queries), 0), -1, dtype=np.int64)
             if self._use_gpu:
                 return self._search_gpu(queries, k)
+            # OpenMP's thread count is per calling thread: set it on the worker that searches.
+            faiss.omp_set_num_threads(self._search_threads)
             sims, ids = self._index.search(queries, k)
         return np.ascontiguousarray(sims, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
 
@@ -90,9 +96,10 @@ class CollectionIndex:
             if self._gpu_resources is None:
                 self._gpu_resources = faiss.StandardGpuResources()
             self._gpu_flat = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self._index.index)
+            self._gpu_ids = faiss.vector_to_array(self._index.id_map).astype(np.int64)
         sims, positions = self._gpu_flat.search(queries, k)
-        id_map = faiss.vector_to_array(self._index.id_map)
-        ids = np.where(positions >= 0, id_map[np.clip(positions, 0, None)], -1)
+        assert self._gpu_ids is not None
+        ids = np.where(positions >= 0, self._gpu_ids[np.clip(positions, 0, None)], -1)
         return np.ascontiguousarray(sims, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
 
     def ids(self) -> NDArray[np.int64]:
@@ -107,11 +114,11 @@ class CollectionIndex:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path, dim: int, *, use_gpu: bool = False) -> CollectionIndex:
+    def load(cls, path: Path, dim: int, *, use_gpu: bool = False, search_threads: int = 1) -> CollectionIndex:
         index = faiss.read_index(str(path))
         if index.d != dim:
             raise ValueError(f"snapshot dim {index.d} != model dim {dim}")
-        return cls(dim, use_gpu=use_gpu, index=index)
+        return cls(dim, use_gpu=use_gpu, index=index, search_threads=search_threads)
 
 
 def _as_unit_rows(vectors: NDArray[np.float32], dim: int) -> NDArray[np.float32]:
@@ -132,9 +139,16 @@ class IndexRegistry:
     """Every collection's index, kept equal to the store."""
 
     def __init__(
-        self, store: EmbeddingSource, dim: int, snapshot_dir: Path, *, use_gpu: bool = False
+        self,
+        store: EmbeddingSource,
+        dim: int,
+        snapshot_dir: Path,
+        *,
+        use_gpu: bool = False,
+        search_threads: int = 1,
     ) -> None:
         self._store = store
+        self._search_threads = search_threads
         self._dim = dim
         self._dir = snapshot_dir
         self._use_gpu = use_gpu and gpu_available()
@@ -167,7 +181,9 @@ class IndexRegistry:
             try:
                 manifest = SnapshotManifest(**json.loads(manifest_path.read_text()))
                 if (manifest.revision, manifest.ntotal, manifest.dim) == (revision, count, self._dim):
-                    index = CollectionIndex.load(index_path, self._dim, use_gpu=self._use_gpu)
+                    index = CollectionIndex.load(
+                        index_path, self._dim, use_gpu=self._use_gpu, search_threads=self._search_threads
+                    )
                     if index.ntotal == count:
                         logger.info(
                             "collection %d: loaded snapshot (%d faces, revision %d)", pk, count, revision
@@ -180,7 +196,7 @@ class IndexRegistry:
 
     def rebuild(self, pk: int) -> CollectionIndex:
         started = time.perf_counter()
-        index = CollectionIndex(self._dim, use_gpu=self._use_gpu)
+        index = self._new_index()
         for ids, vectors in self._store.iter_embeddings(pk):
             index.add(ids, vectors)
         with self._lock:
@@ -197,7 +213,7 @@ class IndexRegistry:
         with self._lock:
             index = self._indexes.get(pk)
             if index is None:
-                index = CollectionIndex(self._dim, use_gpu=self._use_gpu)
+                index = self._new_index()
                 self._indexes[pk] = index
             return index
 
@@ -228,6 +244,9 @@ class IndexRegistry:
             tmp = manifest_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(_asdict(manifest)))
             tmp.replace(manifest_path)
+
+    def _new_index(self) -> CollectionIndex:
+        return CollectionIndex(self._dim, use_gpu=self._use_gpu, search_threads=self._search_threads)
 
     def _paths(self, pk: int) -> tuple[Path, Path]:
         return self._dir / f"collection-{pk}.faiss", self._dir / f"collection-{pk}.json"
