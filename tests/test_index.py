@@ -99,3 +99,69 @@ def test_corrupt_snapshot_falls_back_to_rebuild(tmp_path: Path) -> None:
     rebuilt = IndexRegistry(store, 128, tmp_path / "index")
     rebuilt.load_all([pk])
     assert rebuilt.get(pk).ntotal == 20
+
+
+def test_read_write_lock_shares_reads_and_lets_a_waiting_writer_go_first() -> None:
+    import threading
+
+    from service.index.faiss_index import ReadWriteLock
+
+    lock = ReadWriteLock()
+    order: list[str] = []
+    first_reader_in = threading.Event()
+    release_first_reader = threading.Event()
+
+    def long_reader() -> None:
+        with lock.read():
+            first_reader_in.set()
+            release_first_reader.wait(5)
+            order.append("reader-1 out")
+
+    def writer() -> None:
+        with lock.write():
+            order.append("writer")
+
+    def late_reader() -> None:
+        with lock.read():
+            order.append("reader-2")
+
+    t1 = threading.Thread(target=long_reader)
+    t1.start()
+    assert first_reader_in.wait(5)
+    with lock.read():  # a second reader is not blocked by the first
+        order.append("concurrent reader")
+    tw = threading.Thread(target=writer)
+    tw.start()
+    while not lock._writers_waiting:  # the writer now waits for reader-1
+        pass
+    t2 = threading.Thread(target=late_reader)
+    t2.start()
+    release_first_reader.set()
+    for thread in (t1, tw, t2):
+        thread.join(5)
+    assert order == ["concurrent reader", "reader-1 out", "writer", "reader-2"]
+
+
+def test_concurrent_searches_and_writes_stay_consistent() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    index = CollectionIndex(128)
+    base = unit_vectors(2000)
+    index.add(np.arange(2000, dtype=np.int64), base)
+    extra = unit_vectors(200, seed=5)
+
+    def search(i: int) -> list[int]:
+        _, ids = index.search(base[i : i + 1], 1)
+        return ids[0].tolist()
+
+    def add(i: int) -> None:
+        index.add(np.array([10_000 + i], dtype=np.int64), extra[i : i + 1])
+
+    with ThreadPoolExecutor(4) as pool:
+        searches = [pool.submit(search, i) for i in range(200)]
+        writes = [pool.submit(add, i) for i in range(200)]
+        for i, future in enumerate(searches):
+            assert future.result() == [i]  # each stored vector finds itself
+        for future in writes:
+            future.result()
+    assert index.ntotal == 2200

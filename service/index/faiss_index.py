@@ -10,6 +10,8 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,7 +50,8 @@ class CollectionIndex:
         self._search_threads = search_threads
         # Typed Any: faiss's SWIG wrappers accept numpy arrays its stubs don't declare.
         self._index: Any = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        self._lock = threading.RLock()
+        # CPU FAISS indexes allow concurrent searches but not a search during an add/remove.
+        self._lock = ReadWriteLock()
         self._use_gpu = use_gpu and gpu_available()
         self._gpu_resources: Any = None
         self._gpu_flat: Any = None  # mirror of the flat storage, rebuilt lazily after writes
@@ -62,14 +65,14 @@ class CollectionIndex:
         if len(ids) == 0:
             return
         vectors = _as_unit_rows(vectors, self.dim)
-        with self._lock:
+        with self._lock.write():
             self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
             self._gpu_flat = None
 
     def remove(self, ids: NDArray[np.int64]) -> int:
         if len(ids) == 0:
             return 0
-        with self._lock:
+        with self._lock.write():
             removed = int(self._index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64)))
             self._gpu_flat = None
             return removed
@@ -77,13 +80,15 @@ class CollectionIndex:
     def search(self, queries: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """Top-k cosine similarities and face pks per query (pk −1 pads when fewer exist)."""
         queries = _as_unit_rows(queries, self.dim)
-        with self._lock:
-            k = max(1, min(k, self.ntotal)) if self.ntotal else 1
+        if self._use_gpu:
+            with self._lock.write():  # the GPU mirror is (re)built lazily: exclusive
+                if self.ntotal == 0:
+                    return _no_hits(len(queries))
+                return self._search_gpu(queries, min(k, self.ntotal))
+        with self._lock.read():
             if self.ntotal == 0:
-                empty_s = np.full((len(queries), 0), -1.0, dtype=np.float32)
-                return empty_s, np.full((len(queries), 0), -1, dtype=np.int64)
-            if self._use_gpu:
-                return self._search_gpu(queries, k)
+                return _no_hits(len(queries))
+            k = max(1, min(k, self.ntotal))
             # OpenMP's thread count is per calling thread: set it on the worker that searches.
             faiss.omp_set_num_threads(self._search_threads)
             sims, ids = self._index.search(queries, k)
@@ -103,13 +108,13 @@ class CollectionIndex:
         return np.ascontiguousarray(sims, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64)
 
     def ids(self) -> NDArray[np.int64]:
-        with self._lock:
+        with self._lock.read():
             return np.sort(faiss.vector_to_array(self._index.id_map).astype(np.int64))
 
     def save(self, path: Path) -> None:
         """Atomic snapshot: write a temp file, then rename over the old one."""
         tmp = path.with_suffix(path.suffix + ".tmp")
-        with self._lock:
+        with self._lock.read():
             faiss.write_index(self._index, str(tmp))
         tmp.replace(path)
 
@@ -119,6 +124,49 @@ class CollectionIndex:
         if index.d != dim:
             raise ValueError(f"snapshot dim {index.d} != model dim {dim}")
         return cls(dim, use_gpu=use_gpu, index=index, search_threads=search_threads)
+
+
+def _no_hits(n_queries: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    return np.full((n_queries, 0), -1.0, dtype=np.float32), np.full((n_queries, 0), -1, dtype=np.int64)
+
+
+class ReadWriteLock:
+    """Many readers or one writer; waiting writers go first so enrollment never starves under load."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
 
 
 def _as_unit_rows(vectors: NDArray[np.float32], dim: int) -> NDArray[np.float32]:
