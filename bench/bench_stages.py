@@ -38,12 +38,10 @@ from bench.common import (
     start_report,
 )
 from bench.server import SYNTHETIC_COLLECTION, seed_synthetic
+from service.bootstrap import load_face_models
 from service.domain.gallery import Gallery
 from service.index.faiss_index import IndexRegistry
-from service.runtime.analyzer import FaceAnalyzer
-from service.runtime.embedder import load_detector, load_embedder
 from service.runtime.imaging import decode_image
-from service.runtime.quality import QualityConfig
 from service.settings import Settings
 from service.storage.store import FaceStore
 
@@ -96,17 +94,7 @@ def measure(
     registry.load_all([c.pk for c in store.list_collections()])
     gallery = Gallery(store, registry)
 
-    embedder, _ = load_embedder(
-        settings.model_dir, settings.embedder_card, settings.execution_provider, settings.intra_op_threads
-    )
-    detector = load_detector(
-        settings.model_dir / settings.detector_model,
-        settings.execution_provider,
-        settings.intra_op_threads,
-        settings.detector_score_threshold,
-        settings.detection_max_side,
-    )
-    analyzer = FaceAnalyzer(detector, embedder.input_size, QualityConfig())
+    embedder, _, analyzer = load_face_models(settings)
     coll_pk = store.get_collection(SYNTHETIC_COLLECTION).pk
     index = registry.get(coll_pk)
     k = max(top_k * 8, 32)  # what Gallery._rank_subjects asks FAISS for first

@@ -11,7 +11,8 @@ from service.index.faiss_index import IndexRegistry
 from service.observability import Metrics
 from service.runtime.analyzer import FaceAnalyzer
 from service.runtime.batcher import EmbeddingBatcher
-from service.runtime.embedder import load_detector, load_embedder
+from service.runtime.embedder import OnnxEmbedder, load_detector, load_embedder
+from service.runtime.model_card import ModelCard
 from service.runtime.onnx_session import active_provider
 from service.runtime.quality import QualityConfig
 from service.settings import Settings
@@ -20,7 +21,8 @@ from service.storage.store import FaceStore
 logger = logging.getLogger(__name__)
 
 
-def build_services(settings: Settings, metrics: Metrics) -> Services:
+def load_face_models(settings: Settings) -> tuple[OnnxEmbedder, ModelCard, FaceAnalyzer]:
+    """The embedder, its card and the detect-align-grade front end, as configured."""
     embedder, card = load_embedder(
         settings.model_dir, settings.embedder_card, settings.execution_provider, settings.intra_op_threads
     )
@@ -31,8 +33,6 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         settings.detector_score_threshold,
         settings.detection_max_side,
     )
-    provider = active_provider(embedder.session)
-    logger.info("embedding model %s (%d-d) on %s", card.name, card.embedding_dim, provider)
     analyzer = FaceAnalyzer(
         detector,
         embedder.input_size,
@@ -42,6 +42,13 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
             min_sharpness=settings.min_sharpness,
         ),
     )
+    return embedder, card, analyzer
+
+
+def build_services(settings: Settings, metrics: Metrics) -> Services:
+    embedder, card, analyzer = load_face_models(settings)
+    provider = active_provider(embedder.session)
+    logger.info("embedding model %s (%d-d) on %s", card.name, card.embedding_dim, provider)
     batcher = EmbeddingBatcher(
         embedder,
         enabled=settings.batching_enabled,

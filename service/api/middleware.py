@@ -8,6 +8,7 @@ import time
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.problems import problem_body
 from service.errors import PayloadTooLarge
 from service.observability import Metrics
 
@@ -43,16 +44,9 @@ class BodySizeLimit:
 
 
 async def _send_413(scope: Scope, send: Send, max_bytes: int) -> None:
-    body = json.dumps(
-        {
-            "type": "urn:faces:problem:payload_too_large",
-            "title": PayloadTooLarge.title,
-            "status": 413,
-            "detail": f"The request body exceeds {max_bytes} bytes.",
-            "code": PayloadTooLarge.code,
-            "instance": scope.get("path", ""),
-        }
-    ).encode()
+    detail = f"The request body exceeds {max_bytes} bytes."
+    problem = problem_body(413, PayloadTooLarge.code, PayloadTooLarge.title, detail, scope.get("path", ""))
+    body = json.dumps(problem).encode()
     await send(
         {
             "type": "http.response.start",

@@ -34,18 +34,26 @@ def problem_type(code: str) -> str:
     return f"urn:faces:problem:{code}"
 
 
-def problem_response(
-    status: int, code: str, title: str, detail: str, request: Request, **extra: Any
-) -> JSONResponse:
+def problem_body(
+    status: int, code: str, title: str, detail: str, instance: str, **extra: Any
+) -> dict[str, Any]:
+    """The RFC 9457 members every error response carries, plus extension members."""
     body: dict[str, Any] = {
         "type": problem_type(code),
         "title": title,
         "status": status,
         "detail": detail,
         "code": code,
-        "instance": request.url.path,
+        "instance": instance,
     }
     body.update({k: v for k, v in extra.items() if k not in body})
+    return body
+
+
+def problem_response(
+    status: int, code: str, title: str, detail: str, request: Request, **extra: Any
+) -> JSONResponse:
+    body = problem_body(status, code, title, detail, request.url.path, **extra)
     headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 

@@ -6,6 +6,7 @@ snapshot's revision matches the store's, so a crash can never leave it ahead of 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -290,7 +291,7 @@ class IndexRegistry:
             index.save(index_path)
             manifest = SnapshotManifest(pk, revision, index.ntotal, self._dim)
             tmp = manifest_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(_asdict(manifest)))
+            tmp.write_text(json.dumps(dataclasses.asdict(manifest)))
             tmp.replace(manifest_path)
 
     def _new_index(self) -> CollectionIndex:
@@ -298,15 +299,6 @@ class IndexRegistry:
 
     def _paths(self, pk: int) -> tuple[Path, Path]:
         return self._dir / f"collection-{pk}.faiss", self._dir / f"collection-{pk}.json"
-
-
-def _asdict(manifest: SnapshotManifest) -> dict[str, int]:
-    return {
-        "collection_pk": manifest.collection_pk,
-        "revision": manifest.revision,
-        "ntotal": manifest.ntotal,
-        "dim": manifest.dim,
-    }
 
 
 def _pk_from_name(path: Path) -> int:

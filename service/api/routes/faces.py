@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.responses import JSONResponse
 
 from service.api.deps import CollectionDep, ServicesDep
-from service.api.problems import PROBLEM_MEDIA_TYPE, problem_type
+from service.api.problems import problem_response
 from service.api.schemas import (
     EnrollResponse,
     EnrollResult,
@@ -69,6 +69,7 @@ def _result(outcome: ImageOutcome) -> EnrollResult:
     },
 )
 async def enroll_faces(
+    request: Request,
     collection: CollectionDep,
     subject_id: SubjectId,
     services: ServicesDep,
@@ -117,15 +118,8 @@ async def enroll_faces(
     if enrolled:
         return body
     error = all_rejected_error(outcomes)
-    payload = {
-        "type": problem_type(error.code),
-        "title": error.title,
-        "status": error.status,
-        "detail": error.detail,
-        "code": error.code,
-        **body.model_dump(mode="json"),
-    }
-    return JSONResponse(payload, status_code=error.status, media_type=PROBLEM_MEDIA_TYPE)
+    extra = {**error.extra, **body.model_dump(mode="json")}
+    return problem_response(error.status, error.code, error.title, error.detail, request, **extra)
 
 
 @router.get("/subjects/{subject_id}/faces", response_model=FaceList)
