@@ -10,6 +10,9 @@ Like ``bench_pipeline``, decoding is excluded and the largest face of each image
   embed from YuNet's landmarks; dlib: ``face_encodings(known_face_locations=...)``, which includes
   its 5-point landmark fit and chip extraction.
 
+On the CPU, ours also runs with the ONNX graph exactly as shipped (``FACES_CPU_GRAPH_REWRITES=false``,
+PRelu kept): the "before" rows of the PRelu rewrite in ``service.runtime.graph_rewrite``.
+
     python -m bench.bench_embed                            # 128 LFW images
     python -m bench.bench_embed --images 512 --device gpu  # ONNX Runtime on CUDA (dlib stays on CPU)
 """
@@ -35,6 +38,8 @@ from service.runtime.imaging import decode_image
 from service.runtime.onnx_session import ExecutionProvider, active_provider
 from service.runtime.quality import QualityConfig
 from service.settings import Settings
+
+BEFORE = "ours, PRelu as shipped (before)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +113,11 @@ def main(argv: list[str] | None = None) -> Report:
     landmarks = [faces[0].face.landmarks if faces else None for faces in first_faces]
     crops = np.stack([faces[0].crop for faces in first_faces if faces])
     ours = f"ORT {args.threads or 'all'} ({active_provider(embedder.session)})"
+    plain: OnnxEmbedder | None = None
+    if provider == "cpu":
+        plain, _ = load_embedder(
+            settings.model_dir, settings.embedder_card, provider, args.threads, cpu_graph_rewrites=False
+        )
 
     results: list[Throughput] = []
 
@@ -121,6 +131,12 @@ def main(argv: list[str] | None = None) -> Report:
     record("ours", "align+embed (known landmarks)", 1, align_embed_run(images, landmarks, embedder), ours)
     for batch in (1, 32):
         record("ours", "embed-only (aligned crops)", batch, embed_run(crops, embedder, batch), ours)
+    if plain is not None:
+        # The detector has no PRelu: only the embedder differs between these rows and the ones above.
+        analyzer_plain = FaceAnalyzer(detector, plain.input_size, QualityConfig())
+        record(BEFORE, "detect+align+embed", 1, pipeline_run(images, analyzer_plain, plain, 1), ours)
+        for batch in (1, 32):
+            record(BEFORE, "embed-only (aligned crops)", batch, embed_run(crops, plain, batch), ours)
 
     if not args.no_dlib:
         baseline = DlibBaseline()
@@ -157,7 +173,7 @@ def main(argv: list[str] | None = None) -> Report:
     for r in results:
         baseline_stage = comparable.get(r.stage, "")
         ratio = ""
-        if r.pipeline == "ours" and baseline_stage in dlib_rate:
+        if r.pipeline != "face_recognition" and baseline_stage in dlib_rate:
             ratio = fmt(r.images_per_s / dlib_rate[baseline_stage]) + "×"
         table.add(
             r.pipeline, r.stage, r.batch, r.threads, r.images, fmt(r.images_per_s),
@@ -167,6 +183,12 @@ def main(argv: list[str] | None = None) -> Report:
         f"ours via bench.bench_pipeline (pick_images/pipeline_run/embed_run/timed), best of {args.repeats} "
         "after a warm-up run; dlib has no batched CPU path in face_recognition"
     )
+    if plain is not None:
+        table.notes.append(
+            f"'{BEFORE}': the same embedder with FACES_CPU_GRAPH_REWRITES=false (SFace's 27 PRelu as "
+            "shipped); the other 'ours' rows run the exact rewrite s·x + (1−s)·Relu(x) that the service "
+            "applies to CPU sessions by default"
+        )
     if not args.no_dlib:
         build = dlib_build()
         table.notes.append(

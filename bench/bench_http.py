@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> Report:
     )
     parser.add_argument(
         "--experiments",
-        default="counting-lookup,none,faiss-1-thread,ort-1-thread,faiss-1-thread+ort-1-thread",
+        default="none,prelu-kept,faiss-all-threads,counting-lookup,ort-1-thread",
         help="server variants for the synthetic run, 'none' = as shipped (see bench/experiments.py)",
     )
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
@@ -311,8 +311,10 @@ def main(argv: list[str] | None = None) -> Report:
         )
     if any(r.experiment != "none" for r in results):
         table.notes.append(
-            "'+ name' rows: the server with a change patched in (bench/experiments.py); "
-            "counting-lookup = the collection lookup before the COUNT(*) fix"
+            "'+ name' rows: the server with one change undone or proposed (bench/experiments.py): "
+            "prelu-kept = ONNX graphs as shipped (before the CPU PRelu rewrite), faiss-all-threads = "
+            "before search_threads=1, counting-lookup = the collection lookup before the COUNT(*) fix, "
+            "ort-1-thread = FACES_INTRA_OP_THREADS=1 (proposed)"
         )
     report.tables.append(table)
     report.raw = {

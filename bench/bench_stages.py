@@ -1,12 +1,15 @@
 """Where an identify request spends its time, stage by stage, in-process (no HTTP), by gallery size.
 
 Runs the service's own objects the way ``domain.search.identify`` chains them: collection lookup,
-decode, detect+align+quality, embed, then ``Gallery.search`` (lookup again, FAISS top-k, owners of
-the hits from the store). The gallery is synthetic vectors stored through ``FaceStore`` and indexed
-by ``IndexRegistry`` exactly as at server start-up. Every stage is timed on every probe,
-interleaved, so machine noise hits all stages alike. Beside the shipped stages: the old counting
-lookup (``get_collection``, before ``collection_pk``) and a batch-1 FAISS search on one OpenMP
-thread (proposed).
+decode, detect+align+quality, embed, then ``Gallery.search`` (FAISS top-k, owners of the hits from
+the store). The gallery is synthetic vectors stored through ``FaceStore`` and indexed by
+``IndexRegistry`` exactly as at server start-up. Every stage is timed on every probe, interleaved,
+so machine noise hits all stages alike. Beside each shipped stage, what it was before the change
+that made it faster (same probes, same loop), and the request totals with each change undone:
+
+* embed with SFace's PRelu as shipped in the ONNX file (before the CPU graph rewrite);
+* FAISS top-k on all OpenMP threads (before ``search_threads=1``);
+* two collection lookups that each ran ``COUNT(*)`` (before ``collection_pk`` and the single lookup).
 
     python -m bench.bench_stages                 # 1k and 100k faces
     python -m bench.bench_stages --full          # + 1M faces (minutes of SQLite inserts)
@@ -15,6 +18,7 @@ thread (proposed).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,7 +26,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
-import faiss
 import numpy as np
 
 from bench.bench_pipeline import pick_images
@@ -40,7 +43,8 @@ from bench.common import (
 from bench.server import SYNTHETIC_COLLECTION, seed_synthetic
 from service.bootstrap import load_face_models
 from service.domain.gallery import Gallery
-from service.index.faiss_index import IndexRegistry
+from service.index.faiss_index import CollectionIndex, IndexRegistry
+from service.runtime.embedder import load_embedder
 from service.runtime.imaging import decode_image
 from service.settings import Settings
 from service.storage.store import FaceStore
@@ -48,18 +52,27 @@ from service.storage.store import FaceStore
 T = TypeVar("T")
 P = ParamSpec("P")
 
+LOOKUP = "collection lookup (store.collection_pk)"
+DECODE = "decode"
+DETECT = "detect+align+quality"
+EMBED = "embed"
+SEARCH = "Gallery.search total"
+SEARCH_FAISS = "  of which FAISS top-k"
+SEARCH_OWNERS = "  of which faces_by_pk"
+EMBED_BEFORE = "embed, PRelu as shipped (before the CPU graph rewrite)"
+FAISS_BEFORE = "FAISS top-k, all OpenMP threads (before search_threads=1)"
+LOOKUP_BEFORE = "lookup with COUNT(*)s (store.get_collection, before collection_pk)"
 STAGES = [
-    "collection lookup (store.collection_pk)",
-    "decode",
-    "detect+align+quality",
-    "embed",
-    "Gallery.search total",
-    "  of which collection lookup",
-    "  of which FAISS top-k",
-    "  of which faces_by_pk",
-    "lookup with COUNT(*)s (store.get_collection, before the fix)",
-    "FAISS top-k, 1 OpenMP thread (proposed)",
-]
+    LOOKUP, DECODE, DETECT, EMBED, SEARCH, SEARCH_FAISS, SEARCH_OWNERS,
+    EMBED_BEFORE, FAISS_BEFORE, LOOKUP_BEFORE,
+]  # fmt: skip
+SHIPPED = (LOOKUP, DECODE, DETECT, EMBED, SEARCH)
+TOTALS = {
+    "request total, as shipped (lookup + decode + detect + embed + search)": "request_ms_shipped",
+    "request total, PRelu as shipped (before the rewrite)": "request_ms_before_rewrite",
+    "request total, + FAISS on all threads (before search_threads=1)": "request_ms_before_faiss_threads",
+    "request total, + 2 counting lookups (before the lookup fixes)": "request_ms_before_lookup_fixes",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +80,10 @@ class StageCase:
     faces: int
     probes: int
     stages: dict[str, LatencyStats]
-    request_ms_before_fix: float
     request_ms_shipped: float
-    request_ms_proposed: float
+    request_ms_before_rewrite: float
+    request_ms_before_faiss_threads: float
+    request_ms_before_lookup_fixes: float
 
 
 def clock(into: list[float], fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -93,43 +107,54 @@ def measure(
     registry = IndexRegistry(store, 128, workdir / f"index-{faces}", use_gpu=False)
     registry.load_all([c.pk for c in store.list_collections()])
     gallery = Gallery(store, registry)
+    coll_pk = store.collection_pk(SYNTHETIC_COLLECTION)
+    index = registry.get(coll_pk)
+    # The same vectors behind an index that lets FAISS use every OpenMP thread (the old default).
+    all_threads = CollectionIndex(128, search_threads=os.cpu_count() or 1)
+    for ids, vectors in store.iter_embeddings(coll_pk):
+        all_threads.add(ids, vectors)
 
     embedder, _, analyzer = load_face_models(settings)
-    coll_pk = store.get_collection(SYNTHETIC_COLLECTION).pk
-    index = registry.get(coll_pk)
+    embedder_before, _ = load_embedder(
+        settings.model_dir,
+        settings.embedder_card,
+        settings.execution_provider,
+        settings.intra_op_threads,
+        cpu_graph_rewrites=False,
+    )
     k = max(top_k * 8, 32)  # what Gallery._rank_subjects asks FAISS for first
 
     samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    threads = faiss.omp_get_max_threads()
     warm = decode_image(probes[0], max_pixels=settings.max_image_pixels)
-    embedder.embed(np.stack([f.crop for f in analyzer.analyze(warm)] or [np.zeros((112, 112, 3), np.uint8)]))
+    warm_crops = np.stack([f.crop for f in analyzer.analyze(warm)] or [np.zeros((112, 112, 3), np.uint8)])
+    embedder.embed(warm_crops)
+    embedder_before.embed(warm_crops)
     for _ in range(repeats):
         for data in probes:
-            clock(samples[STAGES[0]], store.collection_pk, SYNTHETIC_COLLECTION)
-            image = clock(samples[STAGES[1]], decode_image, data, max_pixels=settings.max_image_pixels)
-            found = clock(samples[STAGES[2]], analyzer.analyze, image, max_faces=settings.default_max_faces)
+            pk = clock(samples[LOOKUP], store.collection_pk, SYNTHETIC_COLLECTION)
+            image = clock(samples[DECODE], decode_image, data, max_pixels=settings.max_image_pixels)
+            found = clock(samples[DETECT], analyzer.analyze, image, max_faces=settings.default_max_faces)
             if not found:
                 continue
             crops = np.ascontiguousarray(np.stack([f.crop for f in found]))
-            queries = clock(samples[STAGES[3]], embedder.embed, crops)
-            clock(samples[STAGES[4]], gallery.search, SYNTHETIC_COLLECTION, queries, top_k)
+            queries = clock(samples[EMBED], embedder.embed, crops)
+            clock(samples[SEARCH], gallery.search, pk, queries, top_k)
             # The parts of Gallery.search, timed again on their own.
-            clock(samples[STAGES[5]], store.collection_pk, SYNTHETIC_COLLECTION)
-            _, hit_pks = clock(samples[STAGES[6]], index.search, queries[:1], k)
-            clock(samples[STAGES[7]], store.faces_by_pk, [int(pk) for pk in hit_pks[0] if pk >= 0])
-            clock(samples[STAGES[8]], store.get_collection, SYNTHETIC_COLLECTION)
-            faiss.omp_set_num_threads(1)
-            clock(samples[STAGES[9]], index.search, queries[:1], k)
-            faiss.omp_set_num_threads(threads)
+            _, hit_pks = clock(samples[SEARCH_FAISS], index.search, queries[:1], k)
+            clock(samples[SEARCH_OWNERS], store.faces_by_pk, [int(pk) for pk in hit_pks[0] if pk >= 0])
+            # The same work before each speed-up.
+            clock(samples[EMBED_BEFORE], embedder_before.embed, crops)
+            clock(samples[FAISS_BEFORE], all_threads.search, queries[:1], k)
+            clock(samples[LOOKUP_BEFORE], store.get_collection, SYNTHETIC_COLLECTION)
     store.close()
 
     stats = {stage: LatencyStats.from_seconds(values) for stage, values in samples.items()}
-    lookup = stats[STAGES[0]].mean_ms
-    counting_lookup = stats[STAGES[8]].mean_ms
-    shipped_total = sum(stats[s].mean_ms for s in STAGES[:5])
-    before_fix = shipped_total - 2 * lookup + 2 * counting_lookup
-    faiss_saving = stats[STAGES[6]].mean_ms - stats[STAGES[9]].mean_ms
-    return StageCase(faces, len(probes), stats, before_fix, shipped_total, shipped_total - faiss_saving)
+    mean = {stage: stats[stage].mean_ms for stage in STAGES}
+    shipped = sum(mean[s] for s in SHIPPED)
+    before_rewrite = shipped - mean[EMBED] + mean[EMBED_BEFORE]
+    before_faiss = before_rewrite - mean[SEARCH_FAISS] + mean[FAISS_BEFORE]
+    before_lookups = before_faiss - mean[LOOKUP] + 2 * mean[LOOKUP_BEFORE]
+    return StageCase(faces, len(probes), stats, shipped, before_rewrite, before_faiss, before_lookups)
 
 
 def main(argv: list[str] | None = None) -> Report:
@@ -172,19 +197,15 @@ def main(argv: list[str] | None = None) -> Report:
         for case in cases:
             row += [fmt(case.stages[stage].mean_ms), fmt(case.stages[stage].p99_ms)]
         table.add(*row)
-    totals = {
-        "request total, before the lookup fix (2 × get_collection)": "request_ms_before_fix",
-        "request total, as shipped (2 lookups + decode + detect + embed + search)": "request_ms_shipped",
-        "request total, + FAISS on 1 OpenMP thread (proposed)": "request_ms_proposed",
-    }
-    for label, attr in totals.items():
+    for label, attr in TOTALS.items():
         row = [label]
         for case in cases:
             row += [fmt(float(getattr(case, attr))), ""]
         table.add(*row)
     table.notes.append(
-        "identify() resolves the collection once itself and once more inside Gallery.search; "
-        "before the fix each lookup ran COUNT(*) over the collection's subjects and faces"
+        "each 'before' total undoes one more change, cumulatively: the PRelu rewrite (embed), then the "
+        "1-thread FAISS default (top-k), then the lookup fixes (identify used to resolve its collection "
+        "twice, each time with COUNT(*) over the collection's subjects and faces)"
     )
     report.tables.append(table)
     report.raw = {

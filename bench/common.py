@@ -140,14 +140,35 @@ def load_average() -> tuple[float, float, float]:
     return float(one), float(five), float(fifteen)
 
 
+def cpu_busy_fraction(seconds: float = 1.0) -> float:
+    """Share of all cores busy over ``seconds``, from /proc/stat: the other work on the box right now.
+
+    The load average cannot tell that apart from a benchmark's own load (a server plus a load
+    generator) or the tail of the previous benchmark, so the start of every run samples this too.
+    """
+
+    def snapshot() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = snapshot()
+        time.sleep(seconds)
+        total1, idle1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    total = total1 - total0
+    return 1.0 - (idle1 - idle0) / total if total > 0 else 0.0
+
+
 def finish_report(report: Report, started: float) -> Path:
     report.duration_s = round(time.perf_counter() - started, 1)
     report.machine["loadavg_end"] = load_average()
-    cores = len(os.sched_getaffinity(0))
-    if report.machine["loadavg_end"][0] > cores + 0.5:
+    busy = report.machine.get("cpu_busy_at_start")
+    if isinstance(busy, float) and busy > 0.25:
         report.tables[-1].notes.append(
-            f"machine was busy during the run (1-min load {report.machine['loadavg_end'][0]:.1f} "
-            f"on {cores} cores): timings are pessimistic"
+            f"other work used {100 * busy:.0f}% of the CPU when the run started: timings are pessimistic"
         )
     path = report.save()
     report.print()
@@ -248,6 +269,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "affinity_cpus": len(os.sched_getaffinity(0)),
         "loadavg_start": load_average(),
+        "cpu_busy_at_start": round(cpu_busy_fraction(), 3),
     }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -1,10 +1,10 @@
-"""Bench-only server variants: ``faces serve`` with a proposed (or a reverted) change patched in.
+"""Bench-only server variants: ``faces serve`` with a change undone (before) or proposed, patched in.
 
 This lets a change to code the bench does not own be measured by the same harness and land in the
 same table as the unpatched service (before/after). Nothing here is imported by ``service/``.
 
-    python -m bench.experiments faiss-1-thread serve --host 127.0.0.1 --port 8000
-    python -m bench.experiments faiss-1-thread+ort-1-thread serve
+    python -m bench.experiments prelu-kept serve --host 127.0.0.1 --port 8000
+    python -m bench.experiments counting-lookup+faiss-all-threads serve
 """
 
 from __future__ import annotations
@@ -27,17 +27,17 @@ def counting_lookup() -> None:
     FaceStore.collection_pk = collection_pk  # type: ignore[method-assign]
 
 
-def faiss_single_thread() -> None:
-    """One OpenMP thread for FAISS: a batch-1 flat scan does not need more, and on a busy box
-    (ONNX Runtime's pool, the analysis threads, other processes) OpenMP's barrier between two
-    threads costs far more than the scan itself.
+def faiss_all_threads() -> None:
+    """FAISS searches on every core, as before ``search_threads=1`` became the default: a batch-1
+    flat scan does not need more than one, and on a busy box (ONNX Runtime's pool, the analysis
+    threads) OpenMP's barrier between threads costs more than the scan itself."""
+    os.environ["FACES_SEARCH_THREADS"] = str(os.cpu_count() or 1)
 
-    ``omp_set_num_threads`` only binds the calling thread and the service searches from worker
-    threads, so this sets ``OMP_NUM_THREADS`` before FAISS (libgomp) is first loaded instead.
-    """
-    if "faiss" in sys.modules:
-        raise RuntimeError("faiss-1-thread must be applied before faiss is imported")
-    os.environ["OMP_NUM_THREADS"] = "1"
+
+def prelu_kept() -> None:
+    """The ONNX graphs run as shipped (``FACES_CPU_GRAPH_REWRITES=false``): SFace's PRelu nodes on
+    ONNX Runtime's generic CPU kernel, as before ``service.runtime.graph_rewrite``."""
+    os.environ["FACES_CPU_GRAPH_REWRITES"] = "false"
 
 
 def onnx_single_thread() -> None:
@@ -48,7 +48,8 @@ def onnx_single_thread() -> None:
 
 EXPERIMENTS: dict[str, Callable[[], None]] = {
     "counting-lookup": counting_lookup,
-    "faiss-1-thread": faiss_single_thread,
+    "faiss-all-threads": faiss_all_threads,
+    "prelu-kept": prelu_kept,
     "ort-1-thread": onnx_single_thread,
 }
 

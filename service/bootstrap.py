@@ -24,7 +24,11 @@ logger = logging.getLogger(__name__)
 def load_face_models(settings: Settings) -> tuple[OnnxEmbedder, ModelCard, FaceAnalyzer]:
     """The embedder, its card and the detect-align-grade front end, as configured."""
     embedder, card = load_embedder(
-        settings.model_dir, settings.embedder_card, settings.execution_provider, settings.intra_op_threads
+        settings.model_dir,
+        settings.embedder_card,
+        settings.execution_provider,
+        settings.intra_op_threads,
+        settings.cpu_graph_rewrites,
     )
     detector = load_detector(
         settings.model_dir / settings.detector_model,
@@ -32,6 +36,7 @@ def load_face_models(settings: Settings) -> tuple[OnnxEmbedder, ModelCard, FaceA
         settings.intra_op_threads,
         settings.detector_score_threshold,
         settings.detection_max_side,
+        cpu_graph_rewrites=settings.cpu_graph_rewrites,
     )
     analyzer = FaceAnalyzer(
         detector,

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     # "auto": CUDA when onnxruntime exposes it, else CPU; "cpu" forces the CPU.
     execution_provider: Literal["auto", "cpu", "cuda"] = "auto"
     intra_op_threads: int = Field(default=0, ge=0)
+    # Exact PRelu rewrite before CPU sessions (~1.7x faster SFace); false runs the ONNX files as is.
+    cpu_graph_rewrites: bool = True
 
     # Dynamic batcher: requests that arrive together are embedded together.
     batching_enabled: bool = True

@@ -283,6 +283,13 @@ def test_identify_every_face_of_a_group(client: TestClient, gallery: str, lfw_im
     assert len(capped.json()["faces"]) == 1
 
 
+def test_identify_in_missing_collection_is_404(client: TestClient, lfw_image: LfwImage) -> None:
+    image = lfw_image("Tony_Blair", 4).read_bytes()
+    assert_problem(
+        client.post("/v1/collections/missing/identify", files={"image": image}), 404, "collection_not_found"
+    )
+
+
 def test_identify_without_face_or_in_empty_collection(client: TestClient, lfw_image: LfwImage) -> None:
     client.post("/v1/collections", json={"name": "nobody-here"})
     assert_problem(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from service.domain.gallery import Gallery
 from service.index.faiss_index import CollectionIndex, IndexRegistry
 from service.storage.records import NewFace
 from service.storage.store import FaceStore
@@ -165,3 +166,23 @@ def test_concurrent_searches_and_writes_stay_consistent() -> None:
         for future in writes:
             future.result()
     assert index.ntotal == 2200
+
+
+def test_gallery_search_ranks_subjects_and_a_deleted_collection_searches_empty(tmp_path: Path) -> None:
+    store = FaceStore.from_url(f"sqlite:///{tmp_path / 'g.db'}")
+    registry = IndexRegistry(store, 128, tmp_path / "index", use_gpu=False)
+    gallery = Gallery(store, registry)
+    pk = gallery.create_collection("people", "").pk
+    vectors = unit_vectors(6, seed=3)
+    for person, rows in (("ann", vectors[:3]), ("bob", vectors[3:])):
+        faces = [NewFace(embedding=v, box=(0, 0, 1, 1), quality={}) for v in rows]
+        gallery.add_faces("people", person, faces, create_subject=True)
+
+    (ranked,) = gallery.search(pk, vectors[4:5], top_k=5)
+    assert [c.subject_id for c in ranked] == ["bob", "ann"]  # one candidate per subject, best first
+    assert ranked[0].distance == pytest.approx(0.0, abs=1e-5)
+
+    gallery.delete_collection("people")
+    assert gallery.search(pk, vectors[:2], top_k=5) == [[], []]
+    assert registry.find(pk) is None  # searching did not bring the deleted collection's index back
+    store.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 pytest.importorskip("torch")
@@ -26,7 +27,7 @@ from models.train.cli import main as cli_main
 from models.train.config import ARTIFACTS, TrainConfig, parse_folds
 from models.train.data import CropCache, PKBatchSampler, YuNetAligner
 from models.train.evaluate import evaluate
-from models.train.export import MAX_ABS_DIFF, export, load_checkpoint
+from models.train.export import MAX_ABS_DIFF, export, export_onnx, load_checkpoint
 from models.train.trainer import train
 from service.runtime.embedder import load_embedder
 from service.runtime.model_card import ModelCard
@@ -211,6 +212,12 @@ def test_sface_rebuilt_in_pytorch_matches_the_shipped_onnx(lfw_root: Path, workd
     with torch.no_grad():
         ours = model(to_network_input(crops_to_float(torch.from_numpy(crops.crops)), spec)).numpy()
     assert np.abs(ours - embedder.embed(crops.crops)).max() < MAX_ABS_DIFF
+
+    # Exported again, its activations stay ONNX PRelu: the op the service's CPU rewrite speeds up.
+    export_onnx(model, spec, workdir / "sface_again.onnx")
+    ops = {node.op_type for node in onnx.load(str(workdir / "sface_again.onnx")).graph.node}
+    assert "PRelu" in ops
+    assert "Where" not in ops
 
 
 def test_pk_sampler_batches() -> None:

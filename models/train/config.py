@@ -93,6 +93,9 @@ class TrainConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
     threads: int = Field(0, ge=0, description="torch/onnxruntime CPU threads (0: library default)")
+    keep_freed_memory: bool = Field(
+        True, description="CPU: glibc keeps freed memory (SFace steps ~2x faster, ~1.5-2x the peak RSS)"
+    )
     seed: int = 0
     out_dir: Path = Field(REPO_ROOT / "runs" / "train", description="run folder (checkpoints, metrics.csv)")
     checkpoint_every: int = Field(500, ge=1)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import csv
+import ctypes
+import ctypes.util
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +116,34 @@ def _keep_metrics_before(path: Path, step: int) -> None:
         writer.writerows(rows)
 
 
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_INT_MAX = 2**31 - 1  # mallopt takes an int; glibc 2.36 accepts it for both thresholds
+
+
+def keep_freed_memory() -> bool:
+    """Stop glibc from handing each step's activation buffers back to the kernel.
+
+    On the CPU every step frees and re-allocates the same large tensors; by default glibc unmaps
+    them and the next step page-faults them back in, which on the 2-core box spent more time in the
+    kernel than in the model. Measured on SFace, P×K = 32×4: ~18 s → ~9 s per step, for a higher
+    peak RSS (8.9 GB → 13-18 GB, the freed memory stays mapped). Linux/glibc only.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        trimmed = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(_INT_MAX))
+        mapped = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_INT_MAX))
+    except (OSError, AttributeError):
+        return False
+    return bool(trimmed and mapped)
+
+
 def train(config: TrainConfig, command: str, stop_at: int | None = None) -> TrainResult:
     """Train, checkpoint every ``checkpoint_every`` steps and at the end; returns where things went.
 
@@ -125,6 +156,8 @@ def train(config: TrainConfig, command: str, stop_at: int | None = None) -> Trai
     device = default_device(config.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
+    elif config.keep_freed_memory and keep_freed_memory():
+        logger.info("glibc malloc keeps freed memory (CPU training: no unmap/fault churn per step)")
     run_dir = config.out_dir
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)

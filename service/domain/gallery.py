@@ -86,11 +86,18 @@ class Gallery:
 
     # -- search ----------------------------------------------------------------------------
 
-    def search(self, collection: str, queries: NDArray[np.float32], top_k: int) -> list[list[Candidate]]:
-        """Per query, the ``top_k`` best subjects, each represented by its closest face."""
-        index = self.indexes.get(self.store.collection_pk(collection))
+    def search(self, collection_pk: int, queries: NDArray[np.float32], top_k: int) -> list[list[Candidate]]:
+        """Per query, the ``top_k`` best subjects, each represented by its closest face.
+
+        Takes the key the caller already resolved (``store.collection_pk``) so that a request looks
+        its collection up once; a collection deleted in between searches as empty.
+        """
+        index = self.indexes.find(collection_pk)
         results: list[list[Candidate]] = []
         for query in np.atleast_2d(queries):
+            if index is None:
+                results.append([])
+                continue
             results.append(self._rank_subjects(index, query, top_k))
         return results
 

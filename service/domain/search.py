@@ -29,10 +29,11 @@ async def identify(
     max_faces: int,
 ) -> list[FaceMatches]:
     """Unknown people come back with ``match=None``: the best distance must be ≤ threshold."""
-    await asyncio.to_thread(gallery.store.collection_pk, collection)
+    # Resolved before the image work so an unknown collection fails fast.
+    collection_pk = await asyncio.to_thread(gallery.store.collection_pk, collection)
     faces = await engine.embed_image(data, max_faces=max_faces)
     queries = np.ascontiguousarray(np.stack([f.embedding for f in faces]))
-    ranked = await asyncio.to_thread(gallery.search, collection, queries, top_k)
+    ranked = await asyncio.to_thread(gallery.search, collection_pk, queries, top_k)
     results = []
     for face, candidates in zip(faces, ranked, strict=True):
         best = candidates[0] if candidates else None

@@ -266,6 +266,11 @@ class IndexRegistry:
                 self._indexes[pk] = index
             return index
 
+    def find(self, pk: int) -> CollectionIndex | None:
+        """The collection's index if it has one, without creating it (for read-only paths)."""
+        with self._lock:
+            return self._indexes.get(pk)
+
     def drop(self, pk: int) -> None:
         with self._lock:
             self._indexes.pop(pk, None)

@@ -184,9 +184,10 @@ def load_detector(
     max_side: int,
     nms_threshold: float = 0.3,
     min_side: int = 0,
+    cpu_graph_rewrites: bool = True,
 ) -> YuNetDetector:
     """The YuNet detector on the best available provider."""
-    session = create_session(path, provider, intra_op_threads)
+    session = create_session(path, provider, intra_op_threads, cpu_graph_rewrites)
     return YuNetDetector(
         session,
         score_threshold=score_threshold,

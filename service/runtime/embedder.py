@@ -79,10 +79,14 @@ class OnnxEmbedder:
 
 
 def load_embedder(
-    model_dir: Path, card_file: str, provider: ExecutionProvider, intra_op_threads: int
+    model_dir: Path,
+    card_file: str,
+    provider: ExecutionProvider,
+    intra_op_threads: int,
+    cpu_graph_rewrites: bool = True,
 ) -> tuple[OnnxEmbedder, ModelCard]:
     """Read the card, open its ONNX file on the best provider, and check the two agree."""
     card = ModelCard.load(model_dir / card_file)
-    session = create_session(model_dir / card.onnx_file, provider, intra_op_threads)
+    session = create_session(model_dir / card.onnx_file, provider, intra_op_threads, cpu_graph_rewrites)
     logger.info("embedder %s: %d-d, threshold d²=%.4f", card.name, card.embedding_dim, card.threshold)
     return OnnxEmbedder(card, session), card

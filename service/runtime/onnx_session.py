@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import sys
+import tempfile
 from pathlib import Path
 from typing import Literal
 
+import onnx
 import onnxruntime as ort
+
+from service.runtime.graph_rewrite import rewrite_prelu, write_cpu_model
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +36,14 @@ def _options(intra_op_threads: int) -> ort.SessionOptions:
     return options
 
 
-def create_session(path: Path, provider: ExecutionProvider, intra_op_threads: int) -> ort.InferenceSession:
-    """An InferenceSession on CUDA when wanted and available, falling back to the CPU on any CUDA failure."""
+def create_session(
+    path: Path, provider: ExecutionProvider, intra_op_threads: int, cpu_graph_rewrites: bool = True
+) -> ort.InferenceSession:
+    """An InferenceSession on CUDA when wanted and available, falling back to the CPU on any CUDA failure.
+
+    On the CPU the graph first goes through the exact rewrites of ``graph_rewrite`` unless
+    ``cpu_graph_rewrites`` is off (the ONNX file as it is, for comparison and as an escape hatch).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
     wants_cuda = provider in ("auto", "cuda")
@@ -47,13 +60,53 @@ def create_session(path: Path, provider: ExecutionProvider, intra_op_threads: in
         except Exception:  # onnxruntime raises bare RuntimeError/Fail for missing CUDA libraries
             logger.warning("CUDA session for %s failed; falling back to the CPU", path.name, exc_info=True)
         else:
-            logger.info("%s runs on %s", path.name, active_provider(session))
-            return session
-    session = ort.InferenceSession(
-        str(path), sess_options=_options(intra_op_threads), providers=[CPU_PROVIDER]
-    )
+            if active_provider(session) == CUDA_PROVIDER:
+                logger.info("%s runs on %s", path.name, CUDA_PROVIDER)
+                return session
+            logger.warning("onnxruntime bound %s to the CPU although CUDA was asked for", path.name)
+    if cpu_graph_rewrites:
+        session = _rewritten_cpu_session(path, intra_op_threads)
+        _return_freed_memory()  # the Python-side copy of the graph is garbage now
+    else:
+        session = _cpu_session(path, intra_op_threads)
     logger.info("%s runs on %s", path.name, active_provider(session))
     return session
+
+
+def _rewritten_cpu_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
+    """Through a temporary file rather than bytes: onnxruntime keeps less of a model read from a
+    path (~35 MiB for SFace). Without a writable temp dir (read-only containers), from bytes."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="faces-onnx-") as tmp:
+            rewritten = Path(tmp) / path.name
+            source = rewritten if write_cpu_model(path, rewritten) else path
+            return _cpu_session(source, intra_op_threads)
+    except OSError as exc:
+        logger.warning(
+            "no writable temp dir for the rewritten %s (%s); loading it from memory", path.name, exc
+        )
+    model = onnx.load(str(path))
+    rewrite_prelu(model)
+    return ort.InferenceSession(
+        model.SerializeToString(), sess_options=_options(intra_op_threads), providers=[CPU_PROVIDER]
+    )
+
+
+def _cpu_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), sess_options=_options(intra_op_threads), providers=[CPU_PROVIDER])
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps freed heap memory for reuse; once at start-up, give the model loading's back."""
+    if not sys.platform.startswith("linux"):
+        return
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no malloc_trim)
+        return
 
 
 def active_provider(session: ort.InferenceSession) -> str:
