@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO_ROOT, RESULTS_DIR, Report, Table, fmt, fmt_count
+from bench.readme_table import update_readme
 
 ORDER = [
     "bench_search",
@@ -341,9 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     markdown_path = RESULTS_DIR / "README_performance.md"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     markdown_path.write_text(readme_markdown(reports))
+    readme_updated = update_readme(REPO_ROOT / "README.md", reports)
     print()
     print(summary_table(reports).to_text())
     print(f"\nmarkdown: {markdown_path.relative_to(REPO_ROOT)}; {time.perf_counter() - started:.0f} s")
+    print(
+        "README.md performance table: " + ("rewritten" if readme_updated else "markers not found, untouched")
+    )
     if failures:
         print(f"FAILED: {', '.join(failures)}", file=sys.stderr)
         return 1
