@@ -24,6 +24,11 @@ def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
 
 
+def _per_case(cases: list[dict[str, Any]], value: Callable[[dict[str, Any]], str]) -> str:
+    """One value per gallery size, as the README writes them: "a / b / c"."""
+    return " / ".join(value(case) for case in cases)
+
+
 def _embed(report: Report) -> Iterator[Row]:
     results = report.raw.get("results", [])
     for stage, dlib_stage, label in (
@@ -87,10 +92,10 @@ def _stages(report: Report) -> Iterator[Row]:
     cases = [c for c in report.raw.get("cases", []) if "request_ms_before_rewrite" in c]
     if not cases:
         return
-    sizes = " / ".join(fmt_count(c["faces"]) for c in cases)
+    sizes = _per_case(cases, lambda c: fmt_count(c["faces"]))
 
     def series(key: str) -> str:
-        return " / ".join(fmt(c[key]) for c in cases)
+        return _per_case(cases, lambda c: fmt(c[key]))
 
     text = (
         f"**{series('request_ms_shipped')} ms** (before the PRelu rewrite "
@@ -104,9 +109,9 @@ def _search(report: Report) -> Iterator[Row]:
     cases = report.raw.get("cases", [])
     if not cases:
         return
-    sizes = " / ".join(fmt_count(c["gallery"]) for c in cases)
-    p50 = " / ".join(fmt(c["batch1"]["p50_ms"]) for c in cases)
-    floor = " / ".join(fmt(c["floor_ms"]) for c in cases)
+    sizes = _per_case(cases, lambda c: fmt_count(c["gallery"]))
+    p50 = _per_case(cases, lambda c: fmt(c["batch1"]["p50_ms"]))
+    floor = _per_case(cases, lambda c: fmt(c["floor_ms"]))
     last = cases[-1]
     text = (
         f"{p50} ms; memory-bandwidth floor {floor} ms "
@@ -119,8 +124,8 @@ def _memory(report: Report) -> Iterator[Row]:
     cases = report.raw.get("cases", [])
     if not cases:
         return
-    sizes = " / ".join(fmt_count(c["faces"]) for c in cases)
-    rss = " / ".join(fmt(c["rss_after_requests_mib"]) for c in cases)
+    sizes = _per_case(cases, lambda c: fmt_count(c["faces"]))
+    rss = _per_case(cases, lambda c: fmt(c["rss_after_requests_mib"]))
     last = cases[-1]
     text = (
         f"{rss} MiB after 20 identify requests; start-up at {fmt_count(last['faces'])}: "
