@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from models.train.config import ARTIFACTS, TrainConfig, parse_folds
 from models.train.data import CropCache, PKBatchSampler, YuNetAligner
 from models.train.evaluate import evaluate
 from models.train.export import MAX_ABS_DIFF, export, export_onnx, load_checkpoint
+from models.train.pack_for_device import write_parts
 from models.train.trainer import train
 from service.runtime.embedder import load_embedder
 from service.runtime.model_card import ModelCard
@@ -258,3 +260,29 @@ def test_fold_parsing() -> None:
     assert TrainConfig(holdout_folds="6-10").holdout_folds == [6, 7, 8, 9, 10]
     with pytest.raises(ValueError, match="numbered from 1"):
         TrainConfig(holdout_folds="0-2")
+
+
+def test_pack_for_device_splits_lfw_into_carryable_parts(tmp_path: Path) -> None:
+    lfw = tmp_path / "lfw"
+    rng = np.random.default_rng(0)
+    for person, count in (("Ann_A", 3), ("Bob_B", 1), ("Cid_C", 2)):
+        (lfw / "images" / person).mkdir(parents=True)
+        for n in range(1, count + 1):
+            (lfw / "images" / person / f"{person}_{n:04d}.jpg").write_bytes(rng.bytes(6000))
+    (lfw / "pairs.txt").write_text("10\t300\n")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    parts = write_parts(lfw, out, part_bytes=30 * 1024)
+
+    assert len(parts) > 1
+    assert all(part.stat().st_size <= 30 * 1024 for part in parts)
+    members: list[str] = []
+    for part in parts:
+        with tarfile.open(part) as archive:
+            members += archive.getnames()
+    assert members[0] == "pairs.txt"
+    assert sorted(members[1:]) == sorted(
+        [f"images/Ann_A/Ann_A_{n:04d}.jpg" for n in (1, 2, 3)]
+        + [f"images/Cid_C/Cid_C_{n:04d}.jpg" for n in (1, 2)]
+    )  # Bob_B has one image: in no pair, no triplet
