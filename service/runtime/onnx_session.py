@@ -79,7 +79,11 @@ def _rewritten_cpu_session(path: Path, intra_op_threads: int) -> ort.InferenceSe
     try:
         with tempfile.TemporaryDirectory(prefix="faces-onnx-") as tmp:
             rewritten = Path(tmp) / path.name
-            source = rewritten if write_cpu_model(path, rewritten) else path
+            try:
+                source = rewritten if write_cpu_model(path, rewritten) else path
+            except ValueError as exc:  # e.g. a graph past protobuf's 2 GB: run it as shipped
+                logger.warning("%s: CPU rewrite skipped (%s)", path.name, exc)
+                source = path
             return _cpu_session(source, intra_op_threads)
     except OSError as exc:
         logger.warning(
