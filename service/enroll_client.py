@@ -137,8 +137,7 @@ class EnrollmentReport:
     def summary(self, *, max_listed: int = 20) -> str:
         counts = self.counts()
         lines = [
-            f"Enrollment into collection {self.collection!r} at {self.base_url} "
-            f"({self.duration_s:.1f} s):",
+            f"Enrollment into collection {self.collection!r} at {self.base_url} ({self.duration_s:.1f} s):",
             "  " + ", ".join(f"{name} {n}" for name, n in counts.items()),
         ]
         if self.fatal_error:
@@ -184,8 +183,15 @@ def scan_tree(root: Path) -> tuple[list[SubjectFiles], list[FileOutcome]]:
         if entry.name.startswith("."):
             continue
         if not entry.is_dir():
-            ignored.append(FileOutcome(str(entry), None, None, code="not_in_subject_folder",
-                                       detail="Files directly under ROOT belong to no subject."))
+            ignored.append(
+                FileOutcome(
+                    str(entry),
+                    None,
+                    None,
+                    code="not_in_subject_folder",
+                    detail="Files directly under ROOT belong to no subject.",
+                )
+            )
             continue
         files: list[Path] = []
         for path in sorted(entry.rglob("*")):
@@ -355,8 +361,12 @@ class ApiClient:
         )
         results = response.json().get("results") or []
         if len(results) != 1 or not isinstance(results[0], dict):
-            raise ApiRequestError("unexpected_response", f"expected one result, got {len(results)}",
-                                status=response.status_code, attempts=attempts)
+            raise ApiRequestError(
+                "unexpected_response",
+                f"expected one result, got {len(results)}",
+                status=response.status_code,
+                attempts=attempts,
+            )
         return results[0], attempts
 
 
@@ -406,23 +416,37 @@ class _Enrollment:
                 await self._enroll_file(subject_id, path)
             except Exception as exc:
                 # A batch never dies on one file: whatever went wrong (an unparsable reply...) is reported.
-                self._record(self._report.failed, FileOutcome(
-                    str(path), subject_id, None, code=type(exc).__name__, detail=str(exc) or repr(exc)))
+                self._record(
+                    self._report.failed,
+                    FileOutcome(
+                        str(path), subject_id, None, code=type(exc).__name__, detail=str(exc) or repr(exc)
+                    ),
+                )
 
     async def _enroll_file(self, subject_id: str, path: Path) -> None:
         try:
             data = await asyncio.to_thread(path.read_bytes)
         except OSError as exc:
-            self._record(self._report.failed,
-                         FileOutcome(str(path), subject_id, None, code="unreadable_file", detail=str(exc)))
+            self._record(
+                self._report.failed,
+                FileOutcome(str(path), subject_id, None, code="unreadable_file", detail=str(exc)),
+            )
             return
         sha256 = hashlib.sha256(data).hexdigest()
         try:
             existing = await self._subject_ready(subject_id)
         except ApiRequestError as exc:
-            self._record(self._report.failed, FileOutcome(
-                str(path), subject_id, sha256, code=exc.code,
-                detail=f"subject could not be prepared: {exc.detail}", attempts=exc.attempts))
+            self._record(
+                self._report.failed,
+                FileOutcome(
+                    str(path),
+                    subject_id,
+                    sha256,
+                    code=exc.code,
+                    detail=f"subject could not be prepared: {exc.detail}",
+                    attempts=exc.attempts,
+                ),
+            )
             return
         claimed = self._claimed.setdefault(subject_id, set())
         if sha256 in existing or sha256 in claimed:
@@ -435,29 +459,51 @@ class _Enrollment:
                 self._options.collection, subject_id, path.name, data, sha256, self._options.face_selection
             )
         except ApiRequestError as exc:
-            outcome = FileOutcome(str(path), subject_id, sha256, code=exc.code, detail=exc.detail,
-                                  attempts=exc.attempts)
+            outcome = FileOutcome(
+                str(path), subject_id, sha256, code=exc.code, detail=exc.detail, attempts=exc.attempts
+            )
             # The server judged the file itself (undecodable, no usable face...): a rejection.
             rejected = exc.status in FILE_REJECTION_STATUSES
             self._record(self._report.rejected if rejected else self._report.failed, outcome)
             return
         self._record_result(path, subject_id, sha256, result, attempts)
 
-    def _record_result(self, path: Path, subject_id: str, sha256: str, result: Mapping[str, Any],
-                       attempts: int) -> None:
+    def _record_result(
+        self, path: Path, subject_id: str, sha256: str, result: Mapping[str, Any], attempts: int
+    ) -> None:
         status = result.get("status")
         if status == "enrolled":
-            self._record(self._report.enrolled, FileOutcome(
-                str(path), subject_id, sha256, face_id=str(result.get("face_id")), attempts=attempts))
+            self._record(
+                self._report.enrolled,
+                FileOutcome(
+                    str(path), subject_id, sha256, face_id=str(result.get("face_id")), attempts=attempts
+                ),
+            )
         elif status == "rejected":
             error = result.get("error") or {}
-            self._record(self._report.rejected, FileOutcome(
-                str(path), subject_id, sha256, code=str(error.get("code") or "rejected"),
-                detail=str(error.get("detail") or ""), attempts=attempts))
+            self._record(
+                self._report.rejected,
+                FileOutcome(
+                    str(path),
+                    subject_id,
+                    sha256,
+                    code=str(error.get("code") or "rejected"),
+                    detail=str(error.get("detail") or ""),
+                    attempts=attempts,
+                ),
+            )
         else:
-            self._record(self._report.failed, FileOutcome(
-                str(path), subject_id, sha256, code="unexpected_response",
-                detail=f"unknown result status {status!r}", attempts=attempts))
+            self._record(
+                self._report.failed,
+                FileOutcome(
+                    str(path),
+                    subject_id,
+                    sha256,
+                    code="unexpected_response",
+                    detail=f"unknown result status {status!r}",
+                    attempts=attempts,
+                ),
+            )
 
 
 async def enroll(
@@ -491,8 +537,9 @@ async def enroll(
             report.fatal_error = f"collection {options.collection!r}: {exc.code}: {exc.detail}"
         else:
             total = sum(len(s.files) for s in subjects)
-            with tqdm(total=total, unit="img", desc="enroll", disable=not options.show_progress,
-                      file=sys.stderr) as progress:
+            with tqdm(
+                total=total, unit="img", desc="enroll", disable=not options.show_progress, file=sys.stderr
+            ) as progress:
                 run = _Enrollment(options, api, report, progress)
                 await asyncio.gather(*(run.enroll_file(s.subject_id, f) for s in subjects for f in s.files))
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -508,20 +555,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("root", type=Path, help="folder with one sub-folder of images per subject")
     parser.add_argument("--collection", required=True, help="collection to enroll into (created if missing)")
-    parser.add_argument("--base-url", default=os.environ.get("FACES_BASE_URL", "http://127.0.0.1:8000"),
-                        help="API address (env FACES_BASE_URL; default %(default)s)")
-    parser.add_argument("--api-key", default=os.environ.get("FACES_API_KEY"),
-                        help="sent as X-API-Key (env FACES_API_KEY)")
+    parser.add_argument(
+        "--base-url",
+        default=os.environ.get("FACES_BASE_URL", "http://127.0.0.1:8000"),
+        help="API address (env FACES_BASE_URL; default %(default)s)",
+    )
+    parser.add_argument(
+        "--api-key", default=os.environ.get("FACES_API_KEY"), help="sent as X-API-Key (env FACES_API_KEY)"
+    )
     parser.add_argument("--concurrency", type=int, default=4, help="uploads in flight (default %(default)s)")
-    parser.add_argument("--face-selection", choices=("strict", "largest"), default="strict",
-                        help="strict rejects images with several faces; largest keeps the biggest")
-    parser.add_argument("--report", type=Path, default=Path("enroll-report.json"),
-                        help="where the JSON report is written (default %(default)s)")
-    parser.add_argument("--retries", type=int, default=5,
-                        help="retries per request on 5xx, 429, connection errors and timeouts "
-                        "(default %(default)s)")
-    parser.add_argument("--timeout", type=float, default=60.0,
-                        help="seconds per request (default %(default)s)")
+    parser.add_argument(
+        "--face-selection",
+        choices=("strict", "largest"),
+        default="strict",
+        help="strict rejects images with several faces; largest keeps the biggest",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=Path("enroll-report.json"),
+        help="where the JSON report is written (default %(default)s)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=5,
+        help="retries per request on 5xx, 429, connection errors and timeouts (default %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds per request (default %(default)s)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

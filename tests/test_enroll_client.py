@@ -165,8 +165,16 @@ def small_tree(tmp_path: Path, lfw_image: LfwImage) -> Path:
 def test_enrolls_each_file_and_reports_rejections_without_failing(small_tree: Path, tmp_path: Path) -> None:
     fake = FakeApi()
     report_path = tmp_path / "out" / "report.json"
-    argv = [str(small_tree), "--collection", "staff", "--base-url", "http://fake", "--no-progress",
-            "--report", str(report_path)]
+    argv = [
+        str(small_tree),
+        "--collection",
+        "staff",
+        "--base-url",
+        "http://fake",
+        "--no-progress",
+        "--report",
+        str(report_path),
+    ]
 
     code = main(argv, transport=httpx.ASGITransport(app=fake.app()))
 
@@ -239,8 +247,18 @@ def test_gives_up_after_the_retry_budget_and_exits_1(tmp_path: Path, lfw_image: 
     (root / "Colin_Powell").mkdir(parents=True)
     shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
     fake = FakeApi(upload_failures=[500] * 10)
-    argv = [str(root), "--collection", "staff", "--base-url", "http://fake", "--no-progress",
-            "--retries", "2", "--report", str(tmp_path / "r.json")]
+    argv = [
+        str(root),
+        "--collection",
+        "staff",
+        "--base-url",
+        "http://fake",
+        "--no-progress",
+        "--retries",
+        "2",
+        "--report",
+        str(tmp_path / "r.json"),
+    ]
 
     code = main(argv, transport=httpx.ASGITransport(app=fake.app()))
 
@@ -286,8 +304,12 @@ def test_a_lost_reply_does_not_enroll_the_file_twice(tmp_path: Path, lfw_image: 
     fake.collections.add("staff")
     fake.faces[("staff", "Colin_Powell")] = []
     # Only the upload (POST) loses its reply; the listing used to check is a GET.
-    transport = FlakyTransport(httpx.ASGITransport(app=fake.app()), "POST /v1/collections/staff/subjects/"
-                               "Colin_Powell/faces", 1, after_send=True)
+    transport = FlakyTransport(
+        httpx.ASGITransport(app=fake.app()),
+        "POST /v1/collections/staff/subjects/Colin_Powell/faces",
+        1,
+        after_send=True,
+    )
 
     report = _run(_options(root), transport)
 
@@ -356,16 +378,21 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     # No FACES_* from the caller's environment leaks in (API keys would lock the test client out).
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_")}
-    env.update({
-        "FACES_DATABASE_URL": f"sqlite:///{tmp_path / 'faces.db'}",
-        "FACES_INDEX_DIR": str(tmp_path / "index"),
-        "FACES_EXECUTION_PROVIDER": "cpu",
-        "FACES_USE_GPU_INDEX": "false",
-    })
+    env.update(
+        {
+            "FACES_DATABASE_URL": f"sqlite:///{tmp_path / 'faces.db'}",
+            "FACES_INDEX_DIR": str(tmp_path / "index"),
+            "FACES_EXECUTION_PROVIDER": "cpu",
+            "FACES_USE_GPU_INDEX": "false",
+        }
+    )
     log = (tmp_path / "server.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -404,8 +431,18 @@ def test_enrolls_lfw_people_against_the_real_server_and_resumes(
     (root / "Colin_Powell" / "not_really.jpg").write_text("plain text pretending to be a JPEG")
     Image.new("RGB", (160, 160), (40, 120, 200)).save(root / "Serena_Williams" / "solid_blue.png")
     photos = sum(PEOPLE.values())
-    argv = [str(root), "--collection", "lfw-e2e", "--base-url", live_server, "--concurrency", "3",
-            "--no-progress", "--report", str(tmp_path / "first.json")]
+    argv = [
+        str(root),
+        "--collection",
+        "lfw-e2e",
+        "--base-url",
+        live_server,
+        "--concurrency",
+        "3",
+        "--no-progress",
+        "--report",
+        str(tmp_path / "first.json"),
+    ]
 
     first_code = main(argv)
     first = json.loads((tmp_path / "first.json").read_text())
@@ -450,9 +487,24 @@ def test_faces_enroll_console_command_dispatches_to_the_client(
     env = {**os.environ, "FACES_BASE_URL": live_server}
 
     result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "enroll", str(root), "--collection", "cli", "--no-progress",
-         "--report", str(tmp_path / "r.json")],
-        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "enroll",
+            str(root),
+            "--collection",
+            "cli",
+            "--no-progress",
+            "--report",
+            str(tmp_path / "r.json"),
+        ],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -472,10 +524,32 @@ def test_face_selection_reaches_the_server(live_server: str, tmp_path: Path, lfw
     (root / "Colin_Powell").mkdir(parents=True)
     pair.save(root / "Colin_Powell" / "with_bush.jpg", quality=95)
 
-    strict = main([str(root), "--collection", "pairs", "--base-url", live_server, "--no-progress",
-                   "--report", str(tmp_path / "strict.json")])
-    largest = main([str(root), "--collection", "pairs", "--base-url", live_server, "--no-progress",
-                    "--face-selection", "largest", "--report", str(tmp_path / "largest.json")])
+    strict = main(
+        [
+            str(root),
+            "--collection",
+            "pairs",
+            "--base-url",
+            live_server,
+            "--no-progress",
+            "--report",
+            str(tmp_path / "strict.json"),
+        ]
+    )
+    largest = main(
+        [
+            str(root),
+            "--collection",
+            "pairs",
+            "--base-url",
+            live_server,
+            "--no-progress",
+            "--face-selection",
+            "largest",
+            "--report",
+            str(tmp_path / "largest.json"),
+        ]
+    )
 
     assert (strict, largest) == (0, 0)
     strict_report = json.loads((tmp_path / "strict.json").read_text())
