@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> Report:
         record("ours", "embed-only (aligned crops)", batch, embed_run(crops, embedder, batch), ours)
     if plain is not None:
         # The detector has no PRelu: only the embedder differs between these rows and the ones above.
-        analyzer_plain = FaceAnalyzer(detector, plain.input_size, QualityConfig())
-        record(BEFORE, "detect+align+embed", 1, pipeline_run(images, analyzer_plain, plain, 1), ours)
+        record(BEFORE, "detect+align+embed", 1, pipeline_run(images, analyzer, plain, 1), ours)
         for batch in (1, 32):
             record(BEFORE, "embed-only (aligned crops)", batch, embed_run(crops, plain, batch), ours)
 

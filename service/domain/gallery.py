@@ -93,13 +93,10 @@ class Gallery:
         its collection up once; a collection deleted in between searches as empty.
         """
         index = self.indexes.find(collection_pk)
-        results: list[list[Candidate]] = []
-        for query in np.atleast_2d(queries):
-            if index is None:
-                results.append([])
-                continue
-            results.append(self._rank_subjects(index, query, top_k))
-        return results
+        rows = np.atleast_2d(queries)
+        if index is None:
+            return [[] for _ in rows]
+        return [self._rank_subjects(index, query, top_k) for query in rows]
 
     def _rank_subjects(
         self, index: CollectionIndex, query: NDArray[np.float32], top_k: int

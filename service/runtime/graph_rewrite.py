@@ -12,13 +12,8 @@ Only used for CPU sessions: CUDA runs PRelu as one fused kernel and gains nothin
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
-
 import onnx
 from onnx import helper, numpy_helper
-
-logger = logging.getLogger(__name__)
 
 
 def _fresh(base: str, taken: set[str]) -> str:
@@ -78,14 +73,3 @@ def rewrite_prelu(model: onnx.ModelProto) -> int:
         for tensor in [t for t in graph.initializer if t.name in initializers and t.name not in used]:
             graph.initializer.remove(tensor)
     return rewritten
-
-
-def write_cpu_model(source: Path, target: Path) -> int:
-    """Write ``source`` with the CPU rewrites applied to ``target``; returns how many were applied
-    (0: nothing written, use ``source`` as it is)."""
-    model = onnx.load(str(source))
-    count = rewrite_prelu(model)
-    if count:
-        onnx.save_model(model, str(target))
-        logger.info("%s: %d PRelu rewritten as s·x + (1-s)·Relu(x) for the CPU provider", source.name, count)
-    return count

@@ -13,7 +13,7 @@ from typing import Literal
 import onnx
 import onnxruntime as ort
 
-from service.runtime.graph_rewrite import rewrite_prelu, write_cpu_model
+from service.runtime.graph_rewrite import rewrite_prelu
 
 logger = logging.getLogger(__name__)
 
@@ -74,23 +74,26 @@ def create_session(
 
 
 def _rewritten_cpu_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
-    """Through a temporary file rather than bytes: onnxruntime keeps less of a model read from a
-    path (~35 MiB for SFace). Without a writable temp dir (read-only containers), from bytes."""
+    """Rewritten in memory, then read back through a temporary file rather than bytes: onnxruntime
+    keeps less of a model read from a path (~35 MiB for SFace). Without a writable temp dir
+    (read-only containers), from bytes; a graph that cannot be re-serialised runs as shipped."""
+    model = onnx.load(str(path))
+    count = rewrite_prelu(model)
+    if count == 0:
+        return _cpu_session(path, intra_op_threads)
+    logger.info("%s: %d PRelu rewritten as s·x + (1-s)·Relu(x) for the CPU provider", path.name, count)
     try:
         with tempfile.TemporaryDirectory(prefix="faces-onnx-") as tmp:
             rewritten = Path(tmp) / path.name
-            try:
-                source = rewritten if write_cpu_model(path, rewritten) else path
-            except ValueError as exc:  # e.g. a graph past protobuf's 2 GB: run it as shipped
-                logger.warning("%s: CPU rewrite skipped (%s)", path.name, exc)
-                source = path
-            return _cpu_session(source, intra_op_threads)
+            onnx.save_model(model, str(rewritten))
+            return _cpu_session(rewritten, intra_op_threads)
+    except ValueError as exc:  # e.g. a graph past protobuf's 2 GB
+        logger.warning("%s: CPU rewrite skipped (%s)", path.name, exc)
+        return _cpu_session(path, intra_op_threads)
     except OSError as exc:
         logger.warning(
             "no writable temp dir for the rewritten %s (%s); loading it from memory", path.name, exc
         )
-    model = onnx.load(str(path))
-    rewrite_prelu(model)
     return ort.InferenceSession(
         model.SerializeToString(), sess_options=_options(intra_op_threads), providers=[CPU_PROVIDER]
     )
