@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import csv
 import ctypes
-import ctypes.util
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from models.train.distances import label_masks, pairwise_squared_distances
 from models.train.losses import EmbeddingLoss, LiftedStructuredLoss, SoftmaxRatioLoss, TripletMarginLoss
 from models.train.miners import BatchAllMiner, BatchHardMiner, SemiHardMiner, TripletMiner
 from models.train.reducers import AvgNonZeroReducer, MeanReducer, Reducer
+from service.runtime.glibc import glibc
 
 logger = logging.getLogger(__name__)
 
@@ -130,16 +129,13 @@ def keep_freed_memory() -> bool:
     kernel than in the model. Measured on SFace, P×K = 32×4: ~18 s → ~9 s per step, for a higher
     peak RSS (8.9 GB → 13-18 GB, the freed memory stays mapped). Linux/glibc only.
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    name = ctypes.util.find_library("c")
-    if name is None:
+    libc = glibc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(name)
         trimmed = libc.mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(_INT_MAX))
         mapped = libc.mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(_INT_MAX))
-    except (OSError, AttributeError):
+    except AttributeError:  # a C library without mallopt
         return False
     return bool(trimmed and mapped)
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
-import sys
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -13,6 +10,7 @@ from typing import Literal
 import onnx
 import onnxruntime as ort
 
+from service.runtime.glibc import glibc
 from service.runtime.graph_rewrite import rewrite_prelu
 
 logger = logging.getLogger(__name__)
@@ -105,14 +103,12 @@ def _cpu_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
 
 def _return_freed_memory() -> None:
     """glibc keeps freed heap memory for reuse; once at start-up, give the model loading's back."""
-    if not sys.platform.startswith("linux"):
-        return
-    name = ctypes.util.find_library("c")
-    if name is None:
+    libc = glibc()
+    if libc is None:
         return
     try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (e.g. musl has no malloc_trim)
+        libc.malloc_trim(0)
+    except AttributeError:  # a C library without malloc_trim (e.g. musl)
         return
 
 
