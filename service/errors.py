@@ -40,6 +40,16 @@ class FaceNotFound(NotFound):
     title = "Face not found"
 
 
+class ThumbnailNotFound(NotFound):
+    code = "thumbnail_not_found"
+    title = "Thumbnail not found"
+
+
+class ThumbnailsDisabled(NotFound):
+    code = "thumbnails_disabled"
+    title = "Face thumbnails are turned off"
+
+
 class Conflict(ServiceError):
     code, status, title = "conflict", 409, "Conflict"
 

@@ -13,6 +13,7 @@ from service.api.middleware import BodySizeLimit, RequestMetrics
 from service.api.problems import install_problem_handlers
 from service.api.routes import collections, faces, health, identify, subjects, verify
 from service.bootstrap import build_services
+from service.console import mount_console
 from service.observability import Metrics
 from service.settings import Settings
 
@@ -48,6 +49,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_problem_handlers(app)
     for module in (collections, subjects, faces, identify, verify, health):
         app.include_router(module.router)
+    if settings.console_enabled:
+        mount_console(app)
     request_limit = settings.max_upload_bytes * settings.max_images_per_request + 1024 * 1024
     app.add_middleware(BodySizeLimit, max_bytes=request_limit)
     app.add_middleware(RequestMetrics, metrics=metrics)

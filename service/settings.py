@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     # Auth: no keys → open. Each entry "KEY" (all collections) or "KEY:coll1,coll2".
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    # Web console at /ui (static files that use the /v1 API like any client); false: no /ui at all.
+    console_enabled: bool = True
+    # Enrollment keeps a small aligned JPEG crop of each face (a few KB, in the store) for the console;
+    # false stores none and serves none (privacy).
+    thumbnails_enabled: bool = True
+
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"

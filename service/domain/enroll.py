@@ -21,6 +21,7 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.runtime.analyzer import AnalyzedFace
+from service.runtime.imaging import thumbnail_jpeg
 from service.storage.records import FaceRecord, NewFace
 
 
@@ -99,8 +100,12 @@ async def enroll_images(
     selection: FaceSelection,
     create_subject: bool,
     max_upload_bytes: int,
+    keep_thumbnails: bool,
 ) -> list[ImageOutcome]:
-    """Analyse every image, embed the accepted faces together, persist them atomically."""
+    """Analyse every image, embed the accepted faces together, persist them atomically.
+
+    ``keep_thumbnails`` stores a small JPEG of each aligned crop with its face (for the console).
+    """
     # Fail fast on a missing collection/subject before spending time on the model.
     await asyncio.to_thread(gallery.store.collection_pk, collection)
     if not create_subject:
@@ -112,19 +117,22 @@ async def enroll_images(
     if not accepted:
         return outcomes
     embedded = await engine.embed([o.face for o in accepted if o.face is not None])
-    new_faces = [
-        NewFace(
-            embedding=e.embedding,
-            box=e.box,
-            quality=quality_dict(e.analyzed),
-            source_hash=o.source_hash,
-            source_name=o.filename[:512] or None,
-        )
-        for o, e in zip(accepted, embedded, strict=True)
-    ]
-    records = await asyncio.to_thread(
-        gallery.add_faces, collection, subject_id, new_faces, create_subject=create_subject
-    )
+
+    def persist() -> list[FaceRecord]:
+        new_faces = [
+            NewFace(
+                embedding=e.embedding,
+                box=e.box,
+                quality=quality_dict(e.analyzed),
+                source_hash=o.source_hash,
+                source_name=o.filename[:512] or None,
+                thumbnail=thumbnail_jpeg(e.analyzed.crop) if keep_thumbnails else None,
+            )
+            for o, e in zip(accepted, embedded, strict=True)
+        ]
+        return gallery.add_faces(collection, subject_id, new_faces, create_subject=create_subject)
+
+    records = await asyncio.to_thread(persist)
     for outcome, record in zip(accepted, records, strict=True):
         outcome.record = record
     return outcomes

@@ -41,6 +41,7 @@ class NewFace:
     quality: dict[str, Any]
     source_hash: str | None = None
     source_name: str | None = None
+    thumbnail: bytes | None = field(default=None, repr=False)  # small aligned JPEG for the console
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ from service.errors import (
     FaceNotFound,
     SubjectExists,
     SubjectNotFound,
+    ThumbnailNotFound,
 )
 from service.storage.records import CollectionRecord, FaceRecord, NewFace, SubjectRecord
 
@@ -99,6 +100,22 @@ faces_table = Table(
     Index("ix_faces_subject", "subject_pk"),
     # Never reuse a pk: FAISS ids and snapshots must not alias a deleted row.
     sqlite_autoincrement=True,
+)
+
+# A table of its own (not a column of `faces`): create_all adds a missing table to an existing
+# database, never a missing column. Rows go with their face (ON DELETE CASCADE, also on SQLite,
+# where make_engine turns foreign keys on).
+face_thumbnails_table = Table(
+    "face_thumbnails",
+    metadata_obj,
+    Column(
+        "face_pk",
+        _Id,
+        ForeignKey("faces.pk", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    ),
+    Column("jpeg", LargeBinary, nullable=False),
 )
 
 
@@ -230,15 +247,21 @@ class FaceStore:
             ) from exc
         return self.get_subject(collection, subject_id)
 
-    def list_subjects(self, collection: str, offset: int, limit: int) -> tuple[list[SubjectRecord], int]:
+    def list_subjects(
+        self, collection: str, offset: int, limit: int, id_prefix: str | None = None
+    ) -> tuple[list[SubjectRecord], int]:
+        """A page of subjects in id order; ``id_prefix`` keeps those whose id starts with it (any case)."""
         with self._engine.connect() as conn:
             coll = self._collection_row(conn, collection)
-            total = conn.execute(
-                select(func.count()).where(subjects_table.c.collection_pk == coll.pk)
-            ).scalar_one()
+            conditions = [subjects_table.c.collection_pk == coll.pk]
+            if id_prefix:
+                conditions.append(
+                    func.lower(subjects_table.c.subject_id).startswith(id_prefix.lower(), autoescape=True)
+                )
+            total = conn.execute(select(func.count()).where(*conditions)).scalar_one()
             rows = conn.execute(
                 self._subjects_query()
-                .where(subjects_table.c.collection_pk == coll.pk)
+                .where(*conditions)
                 .order_by(subjects_table.c.subject_id)
                 .offset(offset)
                 .limit(limit)
@@ -334,6 +357,10 @@ class FaceStore:
                 )
                 pk = result.inserted_primary_key
                 assert pk is not None
+                if face.thumbnail is not None:
+                    conn.execute(
+                        insert(face_thumbnails_table).values(face_pk=int(pk[0]), jpeg=face.thumbnail)
+                    )
                 records.append(
                     FaceRecord(
                         pk=int(pk[0]),
@@ -374,6 +401,21 @@ class FaceStore:
             if row is None:
                 raise FaceNotFound(f"Face '{face_id}' not found in '{collection}'.")
             return self._face_record(row)
+
+    def get_thumbnail(self, collection: str, face_id: str) -> bytes:
+        """The face's stored JPEG crop; FaceNotFound / ThumbnailNotFound (enrolled without one)."""
+        with self._engine.connect() as conn:
+            coll = self._collection_row(conn, collection)
+            row = conn.execute(
+                select(faces_table.c.pk, face_thumbnails_table.c.jpeg)
+                .outerjoin(face_thumbnails_table, face_thumbnails_table.c.face_pk == faces_table.c.pk)
+                .where(faces_table.c.collection_pk == coll.pk, faces_table.c.face_id == face_id)
+            ).first()
+        if row is None:
+            raise FaceNotFound(f"Face '{face_id}' not found in '{collection}'.")
+        if row.jpeg is None:
+            raise ThumbnailNotFound(f"Face '{face_id}' was enrolled without a thumbnail.")
+        return bytes(row.jpeg)
 
     def delete_face(self, collection: str, face_id: str) -> FaceRecord:
         with self._engine.begin() as conn:

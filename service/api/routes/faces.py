@@ -28,7 +28,7 @@ from service.domain.enroll import (
     enroll_images,
     quality_dict,
 )
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, ThumbnailsDisabled
 from service.storage.records import FaceRecord
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
@@ -105,6 +105,7 @@ async def enroll_faces(
         selection=face_selection,
         create_subject=create_subject,
         max_upload_bytes=settings.max_upload_bytes,
+        keep_thumbnails=settings.thumbnails_enabled,
     )
     results = [_result(o) for o in outcomes]
     enrolled = sum(1 for r in results if r.status == "enrolled")
@@ -136,3 +137,20 @@ def get_face(collection: CollectionDep, face_id: str, services: ServicesDep) -> 
 def delete_face(collection: CollectionDep, face_id: str, services: ServicesDep) -> Response:
     services.gallery.delete_face(collection, face_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/faces/{face_id}/thumbnail",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "The face's aligned crop, a small JPEG"},
+        404: {"model": Problem, "description": "No such face, no thumbnail kept, or thumbnails turned off"},
+    },
+)
+def face_thumbnail(collection: CollectionDep, face_id: str, services: ServicesDep) -> Response:
+    """The aligned crop kept at enrollment (unless FACES_THUMBNAILS_ENABLED=false)."""
+    if not services.settings.thumbnails_enabled:
+        raise ThumbnailsDisabled("Face thumbnails are turned off on this server.")
+    jpeg = services.gallery.store.get_thumbnail(collection, face_id)
+    # Private: the crop is a face; a face id never gets other content, so it may be cached a while.
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

@@ -35,8 +35,11 @@ def list_subjects(
     services: ServicesDep,
     offset: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    id_prefix: Annotated[
+        str | None, Query(max_length=128, description="Only subjects whose id starts with this (any case)")
+    ] = None,
 ) -> SubjectPage:
-    records, total = services.gallery.store.list_subjects(collection, offset, limit)
+    records, total = services.gallery.store.list_subjects(collection, offset, limit, id_prefix)
     return SubjectPage(items=[subject_out(r) for r in records], total=total, offset=offset, limit=limit)
 
 
