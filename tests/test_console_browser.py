@@ -8,6 +8,7 @@ Also writes docs/console-identify.png, the screenshot shown in the README.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -198,11 +199,35 @@ def photo_file(tmp: Path, name: str, data: bytes) -> str:
     return str(path)
 
 
-def enroll_in_browser(driver: Any, server: Server, subject: str, name: str, files: list[str]) -> list[Any]:
+DROP_FILES = """
+const [zone, files] = arguments;
+const transfer = new DataTransfer();
+for (const [name, b64] of files) {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  transfer.items.add(new File([bytes], name, { type: "image/jpeg" }));
+}
+for (const type of ["dragenter", "dragover", "drop"]) {
+  zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
+}
+"""
+
+
+def drop_files(driver: Any, zone: Any, paths: list[str]) -> None:
+    """Drag and drop, as a user dropping files from their desktop onto the zone."""
+    files = [(Path(p).name, base64.b64encode(Path(p).read_bytes()).decode()) for p in paths]
+    driver.execute_script(DROP_FILES, zone, files)
+
+
+def enroll_in_browser(
+    driver: Any, server: Server, subject: str, name: str, files: list[str], *, drop: bool = False
+) -> list[Any]:
     go(driver, server, "/enroll?collection=office", "#enroll-photos")
     css(driver, "#enroll-subject").send_keys(subject)
     css(driver, "#enroll-name").send_keys(name)
-    css(driver, "#enroll-photos").send_keys("\n".join(files))
+    if drop:
+        drop_files(driver, css(driver, "#enroll-form .dropzone"), files)
+    else:
+        css(driver, "#enroll-photos").send_keys("\n".join(files))
     wait(driver, lambda d: len(css_all(d, "#enroll-files li")) == len(files), what="chosen files listed")
     css(driver, "#enroll-form button[type=submit]").click()
     wait(driver, lambda d: "enrolled," in css(d, "#enroll-status").text, what="enrollment summary")
@@ -263,7 +288,8 @@ def test_console_full_flow(browser: Any, server: Server, lfw_image: LfwImage, tm
     wait(driver, lambda d: not css_all(d, "tr[data-collection='scratch']"), what="scratch deleted")
     wait(driver, lambda d: css_all(d, "tr[data-collection='office']"), what="office still listed")
 
-    # 3. Enroll two people; a photo without a face is rejected with its reason.
+    # 3. Enroll two people (picked with the file chooser, then dropped on the zone); a photo without
+    # a face is rejected with its reason.
     no_face = photo_file(tmp_path, "landscape.png", no_face_photo())
     rows = enroll_in_browser(
         driver,
@@ -285,6 +311,7 @@ def test_console_full_flow(browser: Any, server: Server, lfw_image: LfwImage, tm
         "Serena_Williams",
         "Serena Williams",
         [str(lfw_image("Serena_Williams", 1)), str(lfw_image("Serena_Williams", 2))],
+        drop=True,
     )
     assert all(r.find_element("css selector", "td.result").text.startswith("Enrolled") for r in rows)
 

@@ -16,6 +16,9 @@ import {
 
 export async function collectionsPage(view, { signal, rerender }) {
   const { collections } = await api.listCollections({ signal });
+  // Per-collection thresholds are newer than the rest of the API: offer the field only to a server
+  // that reports them (or when there is no collection yet to tell).
+  const thresholdsSupported = !collections.length || "identify_threshold" in collections[0];
   const status = h("div", { class: "form-status" });
 
   const nameInput = h("input", {
@@ -54,13 +57,15 @@ export async function collectionsPage(view, { signal, rerender }) {
         h("p", { class: "hint", id: "new-collection-name-hint" }, "Letters, digits, _ . - (up to 64)."),
       ),
       h("div", { class: "field" }, h("label", { for: "new-collection-description" }, "Description (optional)"), descriptionInput),
-      h(
-        "div",
-        { class: "field" },
-        h("label", { for: "new-collection-threshold" }, "Identify threshold (optional)"),
-        thresholdInput,
-        h("p", { class: "hint", id: "new-collection-threshold-hint" }, "Squared distance in [0, 4]; empty = the default."),
-      ),
+      thresholdsSupported
+        ? h(
+            "div",
+            { class: "field" },
+            h("label", { for: "new-collection-threshold" }, "Identify threshold (optional)"),
+            thresholdInput,
+            h("p", { class: "hint", id: "new-collection-threshold-hint" }, "Squared distance in [0, 4]; empty = the default."),
+          )
+        : null,
     ),
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Create collection")),
     status,
