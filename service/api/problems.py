@@ -104,12 +104,15 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route answers on this path (Starlette names only the first route's)."""
-    allowed: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            allowed |= getattr(route, "methods", None) or set()
-    return sorted(allowed)
+    allowed = []
+    for method in _METHODS:
+        probe = {"type": "http", "path": request.scope["path"], "root_path": "", "method": method}
+        if any(route.matches(dict(probe))[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def install_problem_handlers(app: FastAPI) -> None:
