@@ -154,6 +154,7 @@ def test_operation_never_fails_and_answers_as_documented(
                     case.body[field] = [data.draw(st.sampled_from(photos)) for _ in case.body[field]]
                 elif field in case.body:
                     case.body[field] = data.draw(st.sampled_from(photos))
+            case.body.pop("source_hash", None)  # random hashes would mostly miscount the photos
         case.headers = {**(case.headers or {}), "X-API-Key": KEY}
         response = _send(client, case)
         case.validate_response(response, checks=CHECKS)
