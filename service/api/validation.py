@@ -15,6 +15,8 @@ from typing import Any
 from service.errors import ValidationFailed
 
 _UNSAFE = re.compile("[\x00\ud800-\udfff]")
+# Longer names are not file names on any common file system (and would not fit the store's column).
+MAX_FILENAME_CHARS = 255
 
 
 def text_problem(value: str) -> str | None:
@@ -38,6 +40,15 @@ def check_text(value: str, loc: list[str | int]) -> None:
     problem = text_problem(value)
     if problem is not None:
         raise _invalid(loc, f"Value {problem}.", "text_invalid")
+
+
+def check_filename(filename: str | None, loc: list[str | int]) -> None:
+    """An uploaded file's name, kept with its face: clean text, at most MAX_FILENAME_CHARS."""
+    if filename is None:
+        return
+    check_text(filename, loc)
+    if len(filename) > MAX_FILENAME_CHARS:
+        raise _invalid(loc, f"File name longer than {MAX_FILENAME_CHARS} characters.", "string_too_long")
 
 
 def check_metadata(value: dict[str, Any], loc: list[str | int], max_bytes: int, max_depth: int) -> None:

@@ -22,7 +22,7 @@ from service.api.schemas import (
     SubjectId,
 )
 from service.api.uploads import read_upload
-from service.api.validation import check_text
+from service.api.validation import check_filename
 from service.domain.enroll import (
     FaceSelection,
     ImageOutcome,
@@ -31,24 +31,11 @@ from service.domain.enroll import (
     enroll_images,
     quality_dict,
 )
-from service.errors import InvalidRequest, ValidationFailed
+from service.errors import InvalidRequest
 from service.storage.records import FaceRecord
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
 _READ = problem_responses(401, 403, 404, 422, 503)
-# What a store column and a response can carry; longer names are not file names on any common system.
-MAX_FILENAME_CHARS = 255
-
-
-def check_filename(filename: str | None, loc: list[str | int]) -> None:
-    if filename is None:
-        return
-    check_text(filename, loc)
-    if len(filename) > MAX_FILENAME_CHARS:
-        raise ValidationFailed(
-            f"{'.'.join(map(str, loc))}: file name longer than {MAX_FILENAME_CHARS} characters.",
-            errors=[{"loc": loc, "msg": "file name too long", "type": "string_too_long"}],
-        )
 
 
 def face_out(record: FaceRecord) -> FaceOut:
