@@ -494,6 +494,20 @@ def test_key_ring_mistakes_fail_start_up(monkeypatch: pytest.MonkeyPatch, value:
         KeyRing.parse([part for part in value.split(";") if part.strip()])
 
 
+def test_faces_serve_refuses_a_bad_key_ring_without_echoing_keys(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.setenv("FACES_API_KEYS", "s3cret-admin;s3cret-door:")
+    assert main(["serve"]) == 2  # before any model loads or port opens
+    err = capsys.readouterr().err
+    assert "FACES_API_KEYS entry 2" in err
+    assert "names no collection" in err
+    assert "s3cret" not in err
+
+
 def test_key_ring_parses_what_it_says(monkeypatch: pytest.MonkeyPatch) -> None:
     from service.api.auth import KeyRing
 
