@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from service.api.deps import KeyRing, Services
+from service.api.auth import KeyRing
+from service.api.deps import Services
 from service.domain.faces import FaceEngine
 from service.domain.gallery import Gallery
 from service.index.faiss_index import IndexRegistry

@@ -8,12 +8,19 @@ import sys
 
 def _serve(argv: list[str]) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from service.main import create_app
     from service.observability import configure_logging
     from service.settings import Settings
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # say what is wrong, without echoing values (keys are secrets)
+        print("faces serve: invalid configuration (FACES_* environment or .env):", file=sys.stderr)
+        for error in exc.errors():
+            print(f"  {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
+        return 2
     parser = argparse.ArgumentParser(prog="faces serve", description="Run the face-recognition API.")
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)

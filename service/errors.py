@@ -68,6 +68,12 @@ class InvalidRequest(ServiceError):
     code, status, title = "invalid_request", 400, "Invalid request"
 
 
+class ValidationFailed(ServiceError):
+    """A value the schema allows but the service cannot keep (unsafe text, oversized metadata)."""
+
+    code, status, title = "validation_error", 422, "Request validation failed"
+
+
 class PayloadTooLarge(ServiceError):
     code, status, title = "payload_too_large", 413, "Payload too large"
 

@@ -8,9 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 
-from service.api.middleware import BodySizeLimit, RequestMetrics
-from service.api.problems import install_problem_handlers
+from service.api.auth import ApiKeyAuth, KeyRing
+from service.api.middleware import BodySizeLimit, InternalErrorGuard, RequestMetrics
+from service.api.problems import install_problem_handlers, problem_openapi
 from service.api.routes import collections, faces, health, identify, subjects, verify
 from service.bootstrap import build_services
 from service.console import mount_console
@@ -22,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
+    keyring = KeyRing.parse(settings.api_keys)  # a bad key ring fails here, before any model loads
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,6 +49,8 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         summary="Self-hosted face recognition: enrollment, 1:N identification, 1:1 verification.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.services = None
@@ -51,7 +59,29 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     if settings.console_enabled:
         mount_console(app)
-    request_limit = settings.max_upload_bytes * settings.max_images_per_request + 1024 * 1024
-    app.add_middleware(BodySizeLimit, max_bytes=request_limit)
+    _serve_docs(app)
+    app.openapi = problem_openapi(app)  # type: ignore[method-assign]
+    upload_limit = settings.max_upload_bytes * settings.max_images_per_request + 1024 * 1024
+    # Added innermost first: guard → metrics → auth (before any body) → body limits → routes.
+    app.add_middleware(
+        BodySizeLimit, max_multipart_bytes=upload_limit, max_other_bytes=settings.max_json_body_bytes
+    )
+    app.add_middleware(ApiKeyAuth, keyring=keyring, metrics_key=settings.metrics_key)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(InternalErrorGuard)
     return app
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """Swagger UI from the packaged swagger-ui-bundle files (Apache-2.0): /docs works offline."""
+    app.mount("/docs/static", StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url="/docs/static/swagger-ui-bundle.js",
+            swagger_css_url="/docs/static/swagger-ui.css",
+            swagger_favicon_url="/docs/static/favicon-32x32.png",
+        )

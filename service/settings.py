@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -51,6 +52,11 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=10_000)
     max_images_per_request: int = Field(default=16, ge=1)
+    # Bodies that are not multipart uploads (JSON): small, whatever the upload limits are.
+    max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Subject metadata: compact UTF-8 JSON size and nesting depth (objects/arrays inside each other).
+    max_metadata_bytes: int = Field(default=16 * 1024, ge=2)
+    max_metadata_depth: int = Field(default=32, ge=1, le=128)
     detection_max_side: int = Field(default=640, ge=64)
 
     # Quality gate (enrollment rejects, identify reports).
@@ -61,6 +67,9 @@ class Settings(BaseSettings):
 
     # Auth: no keys → open. Each entry "KEY" (all collections) or "KEY:coll1,coll2".
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A key that opens only GET /metrics (for a Prometheus scraper). With auth on, an all-collections
+    # key opens it too; with neither set, /metrics is open like the rest of the API.
+    metrics_key: str = ""
 
     # Web console at /ui (static files that use the /v1 API like any client); false: no /ui at all.
     console_enabled: bool = True
@@ -78,3 +87,49 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(";") if part.strip()]
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, value: list[str]) -> list[str]:
+        parse_api_keys(value)  # fail start-up on a key ring that would not mean what it says
+        return value
+
+    @field_validator("metrics_key")
+    @classmethod
+    def _check_metrics_key(cls, value: str) -> str:
+        if value != value.strip() or ":" in value or ";" in value:
+            raise ValueError("FACES_METRICS_KEY must be one key, without spaces around it, ':' or ';'")
+        return value
+
+
+_COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def parse_api_keys(entries: list[str]) -> dict[str, frozenset[str] | None]:
+    """``KEY`` or ``KEY:coll1,coll2`` entries → key → allowed collections (None: all).
+
+    Anything ambiguous is an error, never a wider key: an empty key, an empty scope (``k:`` or
+    ``k: , ``), a scope naming something that cannot be a collection, the same key twice.
+    """
+    keys: dict[str, frozenset[str] | None] = {}
+    for number, entry in enumerate(entries, start=1):
+        key, colon, scope = entry.partition(":")
+        key = key.strip()
+        where = f"FACES_API_KEYS entry {number}"
+        if not key:
+            raise ValueError(f"{where} has an empty key")
+        if key in keys:
+            raise ValueError(f"{where}: the same key is listed twice (give each key one entry)")
+        if not colon:
+            keys[key] = None
+            continue
+        names = [name.strip() for name in scope.split(",")]
+        if not any(names):
+            raise ValueError(
+                f"{where} ends with ':' but names no collection; write the key alone for all collections"
+            )
+        for name in names:
+            if not _COLLECTION_NAME.match(name):
+                raise ValueError(f"{where}: {name!r} is not a collection name")
+        keys[key] = frozenset(names)
+    return keys

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.postgres import pg_bin, postgres_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +37,16 @@ def lfw_image(lfw_root: Path):  # type: ignore[no-untyped-def]
         return path
 
     return _path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """One throw-away PostgreSQL server for the whole run (skipped locally without the binaries,
+    a failure under CI, which must never skip it silently)."""
+    if pg_bin() is None:
+        reason = "PostgreSQL binaries (initdb) are not installed"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the PostgreSQL tests")
+        pytest.skip(reason)
+    with postgres_server() as url:
+        yield url

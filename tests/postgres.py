@@ -8,9 +8,12 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 PG_BIN_CANDIDATES = [Path("/usr/lib/postgresql") / v / "bin" for v in ("17", "16", "15", "14")]
 
@@ -94,3 +97,26 @@ def postgres_server() -> Iterator[str]:
             capture_output=True,
         )
         shutil.rmtree(base, ignore_errors=True)
+
+
+def create_database(server_url: str) -> str:
+    """A new, empty database on the server of ``server_url``; returns its URL."""
+    from sqlalchemy import create_engine, text
+
+    name = f"faces_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def store_url(kind: str, request: pytest.FixtureRequest, tmp: Path) -> str:
+    """A database URL on ``kind`` ("sqlite" | "postgresql"): a new SQLite file under ``tmp``, or
+    a new database on the session's PostgreSQL server (so tests never see each other's rows)."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp}/faces.db"
+    server_url: str = request.getfixturevalue("postgres_url")  # tests/conftest.py
+    return create_database(server_url)

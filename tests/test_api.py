@@ -13,18 +13,21 @@ from PIL import Image
 from service.main import create_app
 from service.settings import Settings
 from tests.helpers import group_photo, jpeg_bytes, no_face_photo, png_bytes
+from tests.postgres import store_url
 
 LfwImage = Callable[[str, int], Path]
 PROBLEM = "application/problem+json"
 
 
 def make_settings(tmp: Path, **overrides: Any) -> Settings:
-    return Settings(database_url=f"sqlite:///{tmp}/faces.db", index_dir=tmp / "index", **overrides)
+    return Settings(**{"database_url": f"sqlite:///{tmp}/faces.db", "index_dir": tmp / "index", **overrides})
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = make_settings(tmp_path_factory.mktemp("api"))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The whole API, once on each store: both must answer the same."""
+    tmp = tmp_path_factory.mktemp(f"api-{request.param}")
+    settings = make_settings(tmp, database_url=store_url(request.param, request, tmp))
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 

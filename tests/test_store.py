@@ -15,17 +15,8 @@ from service.main import create_app
 from service.settings import Settings
 from service.storage.records import NewFace
 from service.storage.store import FaceStore
-from tests.postgres import pg_bin, postgres_server
 
 _names = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    if pg_bin() is None:
-        pytest.skip("PostgreSQL binaries are not installed")
-    with postgres_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

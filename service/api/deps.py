@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
-import hmac
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyHeader
 
+from service.api.auth import API_KEY_HEADER, CALLER_SCOPE_KEY, Caller, KeyRing
+from service.api.schemas import CollectionName
 from service.domain.faces import FaceEngine
 from service.domain.gallery import Gallery
-from service.errors import Forbidden, NotReady, Unauthorized
+from service.errors import NotReady
 from service.observability import Metrics
 from service.runtime.model_card import ModelCard
 from service.settings import Settings
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRing:
-    """Configured API keys; a key maps to its allowed collections (None = all)."""
-
-    keys: dict[str, frozenset[str] | None] = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, entries: list[str]) -> KeyRing:
-        keys: dict[str, frozenset[str] | None] = {}
-        for entry in entries:
-            key, _, scope = entry.partition(":")
-            collections = frozenset(c.strip() for c in scope.split(",") if c.strip())
-            keys[key.strip()] = collections or None
-        return cls(keys)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.keys)
-
-    def scope_of(self, presented: str | None) -> frozenset[str] | None:
-        """The collections the key may use (None: all); Unauthorized for a missing/unknown key."""
-        if not presented:
-            raise Unauthorized("This server requires an API key in the X-API-Key header.")
-        for key, scope in self.keys.items():
-            if hmac.compare_digest(key.encode(), presented.encode()):
-                return scope
-        raise Unauthorized("The API key is not valid.")
 
 
 @dataclass(slots=True)
@@ -67,25 +39,18 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 _api_key_header = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="Needed when keys are configured"
+    name=API_KEY_HEADER, auto_error=False, description="Needed when keys are configured"
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling: the collections their key may touch (None: all)."""
-
-    scope: frozenset[str] | None
-
-    def allows(self, collection: str) -> bool:
-        return self.scope is None or collection in self.scope
-
-    def check(self, collection: str) -> None:
-        if not self.allows(collection):
-            raise Forbidden(f"This API key may not use collection '{collection}'.")
-
-
-def get_caller(services: ServicesDep, api_key: Annotated[str | None, Depends(_api_key_header)]) -> Caller:
+def get_caller(
+    request: Request, services: ServicesDep, api_key: Annotated[str | None, Depends(_api_key_header)]
+) -> Caller:
+    """The caller ApiKeyAuth identified before the body was read (the same rules, re-derived when
+    the app runs without that middleware)."""
+    caller = request.scope.get(CALLER_SCOPE_KEY)
+    if isinstance(caller, Caller):
+        return caller
     if not services.keyring.enabled:
         return Caller(None)
     return Caller(services.keyring.scope_of(api_key))
@@ -94,7 +59,9 @@ def get_caller(services: ServicesDep, api_key: Annotated[str | None, Depends(_ap
 CallerDep = Annotated[Caller, Depends(get_caller)]
 
 
-def collection_access(collection: str, caller: CallerDep) -> str:
+def collection_access(
+    collection: Annotated[CollectionName, Path(description="Collection name")], caller: CallerDep
+) -> str:
     """Path parameter ``collection`` after the caller's key has been checked against it."""
     caller.check(collection)
     return collection

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from service.api.schemas import Problem
 from service.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -51,11 +54,19 @@ def problem_body(
 
 
 def problem_response(
-    status: int, code: str, title: str, detail: str, request: Request, **extra: Any
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    request: Request,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     body = problem_body(status, code, title, detail, request.url.path, **extra)
-    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+    all_headers = dict(headers or {})
+    if status == 401:
+        all_headers["WWW-Authenticate"] = "ApiKey"
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=all_headers)
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -85,18 +96,69 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     title = code.replace("_", " ").capitalize()
-    return problem_response(exc.status_code, code, title, str(exc.detail), request)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem_response(exc.status_code, code, title, str(exc.detail), request, headers=headers)
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return problem_response(
-        500, "internal_error", "Internal error", "The server failed to process the request.", request
-    )
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this path (Starlette names only the first route's)."""
+    allowed = []
+    for method in _METHODS:
+        probe = {"type": "http", "path": request.scope["path"], "root_path": "", "method": method}
+        if any(route.matches(dict(probe))[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def install_problem_handlers(app: FastAPI) -> None:
+    """Domain errors, validation errors and HTTP errors → problem+json. Anything unexpected is the
+    last-resort 500 of ``InternalErrorGuard`` (service/api/middleware.py)."""
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+
+
+# -- OpenAPI -----------------------------------------------------------------------------------
+
+_DESCRIPTIONS = {
+    400: "Malformed request (unparsable body, too many images, one source_hash per image)",
+    401: "Missing or invalid API key (when keys are configured)",
+    403: "The API key may not use this collection",
+    404: "Collection, subject or face not found",
+    409: "Already exists",
+    413: "Body or file larger than the configured limits",
+    415: "Not a JPEG, PNG or WebP image",
+    422: "Invalid parameters or body, or an image without a usable face",
+    503: "The service is starting",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each status documented as an application/problem+json Problem."""
+    return {status: {"model": Problem, "description": _DESCRIPTIONS[status]} for status in statuses}
+
+
+def problem_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` that declares error bodies as ``application/problem+json`` (what they are)."""
+
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    for status, response in operation.get("responses", {}).items():
+                        content = response.get("content", {})
+                        ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
+                        if status.isdigit() and int(status) >= 400 and ref.endswith("/Problem"):
+                            content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi

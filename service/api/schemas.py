@@ -7,8 +7,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from service.api.validation import clean_text
+
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 SubjectId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,127}$")]
+# What the store generates (uuid4); anything else cannot name a face.
+FaceId = Annotated[
+    str, StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+]
+# sha256 of the file as 64 hex digits; stored lowercase.
+SourceHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
+# Free text that every store keeps and every response can carry: no NUL, no lone surrogate.
+Text = Annotated[str, AfterValidator(clean_text)]
 
 
 def _round_box(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
@@ -35,13 +45,16 @@ class Problem(BaseModel):
     detail: str
     code: str
     instance: str | None = None
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="validation_error: each invalid field (loc, msg, type)"
+    )
 
 
 class CollectionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: CollectionName
-    description: Annotated[str, Field(max_length=1024)] = ""
+    description: Annotated[Text, Field(max_length=1024)] = ""
 
 
 class CollectionOut(BaseModel):
@@ -60,14 +73,14 @@ class SubjectCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     subject_id: SubjectId
-    name: Annotated[str, Field(max_length=256)] | None = None
+    name: Annotated[Text, Field(max_length=256)] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class SubjectPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(max_length=256)] | None = None
+    name: Annotated[Text, Field(max_length=256)] | None = None
     metadata: dict[str, Any] | None = None
 
 

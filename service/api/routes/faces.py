@@ -8,18 +8,21 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile,
 from fastapi.responses import JSONResponse
 
 from service.api.deps import CollectionDep, ServicesDep
-from service.api.problems import problem_response
+from service.api.problems import problem_response, problem_responses
 from service.api.schemas import (
     EnrollResponse,
     EnrollResult,
+    FaceId,
     FaceList,
     FaceOut,
     FaceQualityOut,
     ImageErrorOut,
     Problem,
+    SourceHash,
     SubjectId,
 )
 from service.api.uploads import read_upload
+from service.api.validation import check_filename
 from service.domain.enroll import (
     FaceSelection,
     ImageOutcome,
@@ -32,6 +35,7 @@ from service.errors import InvalidRequest, ThumbnailsDisabled
 from service.storage.records import FaceRecord
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
+_READ = problem_responses(401, 403, 404, 422, 503)
 
 
 def face_out(record: FaceRecord) -> FaceOut:
@@ -65,7 +69,11 @@ def _result(outcome: ImageOutcome) -> EnrollResult:
     status_code=status.HTTP_201_CREATED,
     response_model=EnrollResponse,
     responses={
-        422: {"model": Problem, "description": "No image could be enrolled (per-image results inside)"}
+        **problem_responses(400, 401, 403, 404, 413, 415, 503),
+        422: {
+            "model": Problem,
+            "description": "Invalid parameters, or no image could be enrolled (per-image results inside)",
+        },
     },
 )
 async def enroll_faces(
@@ -75,7 +83,8 @@ async def enroll_faces(
     services: ServicesDep,
     images: Annotated[list[UploadFile], File(description="One or more JPEG/PNG/WebP images")],
     source_hash: Annotated[
-        list[str] | None, Form(description="Optional client-side sha256 per image, in order")
+        list[SourceHash] | None,
+        Form(description="Optional client-side sha256 per image, in order (64 hex digits)"),
     ] = None,
     create_subject: Annotated[bool, Query(description="Create the subject if it does not exist")] = False,
     face_selection: Annotated[
@@ -88,6 +97,8 @@ async def enroll_faces(
     hashes = source_hash or []
     if hashes and len(hashes) != len(images):
         raise InvalidRequest("Give one source_hash per image, or none.")
+    for i, upload in enumerate(images):
+        check_filename(upload.filename, ["body", "images", i])
     uploads = [
         UploadedImage(
             filename=upload.filename or f"image-{i}",
@@ -123,18 +134,18 @@ async def enroll_faces(
     return problem_response(error.status, error.code, error.title, error.detail, request, **extra)
 
 
-@router.get("/subjects/{subject_id}/faces", response_model=FaceList)
-def list_faces(collection: CollectionDep, subject_id: str, services: ServicesDep) -> FaceList:
+@router.get("/subjects/{subject_id}/faces", response_model=FaceList, responses=_READ)
+def list_faces(collection: CollectionDep, subject_id: SubjectId, services: ServicesDep) -> FaceList:
     return FaceList(faces=[face_out(r) for r in services.gallery.store.list_faces(collection, subject_id)])
 
 
-@router.get("/faces/{face_id}", response_model=FaceOut)
-def get_face(collection: CollectionDep, face_id: str, services: ServicesDep) -> FaceOut:
+@router.get("/faces/{face_id}", response_model=FaceOut, responses=_READ)
+def get_face(collection: CollectionDep, face_id: FaceId, services: ServicesDep) -> FaceOut:
     return face_out(services.gallery.store.get_face(collection, face_id))
 
 
-@router.delete("/faces/{face_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_face(collection: CollectionDep, face_id: str, services: ServicesDep) -> Response:
+@router.delete("/faces/{face_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_READ)
+def delete_face(collection: CollectionDep, face_id: FaceId, services: ServicesDep) -> Response:
     services.gallery.delete_face(collection, face_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

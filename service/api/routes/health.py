@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.api.deps import Services, ServicesDep
+from service.api.problems import problem_responses
 from service.api.schemas import Health
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,14 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 
-@router.get("/metrics", response_class=Response, include_in_schema=True)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}},
+        **problem_responses(401, 403, 503),
+    },
+)
 def metrics(services: ServicesDep) -> Response:
+    """Prometheus metrics. With API keys on: an all-collections key or FACES_METRICS_KEY."""
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, UploadFile
 
 from service.api.deps import CollectionDep, ServicesDep
-from service.api.schemas import CandidateOut, FaceQualityOut, IdentifiedFace, IdentifyResponse, Problem
+from service.api.problems import problem_responses
+from service.api.schemas import CandidateOut, FaceQualityOut, IdentifiedFace, IdentifyResponse
 from service.api.uploads import read_upload
 from service.domain.enroll import quality_dict
 from service.domain.gallery import Candidate
@@ -28,7 +29,7 @@ def candidate_out(c: Candidate) -> CandidateOut:
 @router.post(
     "/identify",
     response_model=IdentifyResponse,
-    responses={422: {"model": Problem, "description": "No face found or unusable image"}},
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422, 503),
 )
 async def identify_faces(
     collection: CollectionDep,

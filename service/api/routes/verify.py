@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Query, UploadFile
 
 from service.api.deps import CallerDep, CollectionDep, ServicesDep
-from service.api.schemas import Problem, VerifyResponse
+from service.api.problems import problem_responses
+from service.api.schemas import SubjectId, VerifyResponse
 from service.api.uploads import read_upload
 from service.domain.verify import Verdict, verify_pair, verify_subject
 
@@ -16,7 +17,6 @@ router = APIRouter(tags=["verify"])
 ThresholdQuery = Annotated[
     float | None, Query(ge=0.0, le=4.0, description="Max squared distance for a match (default: model's)")
 ]
-_ERRORS: dict[int | str, dict[str, object]] = {422: {"model": Problem, "description": "No face found"}}
 
 
 def verdict_out(v: Verdict) -> VerifyResponse:
@@ -31,7 +31,9 @@ def verdict_out(v: Verdict) -> VerifyResponse:
     )
 
 
-@router.post("/v1/verify", response_model=VerifyResponse, responses=_ERRORS)
+@router.post(
+    "/v1/verify", response_model=VerifyResponse, responses=problem_responses(400, 401, 413, 415, 422, 503)
+)
 async def verify_images(
     services: ServicesDep,
     _caller: CallerDep,
@@ -49,11 +51,11 @@ async def verify_images(
 @router.post(
     "/v1/collections/{collection}/subjects/{subject_id}/verify",
     response_model=VerifyResponse,
-    responses=_ERRORS,
+    responses=problem_responses(400, 401, 403, 404, 413, 415, 422, 503),
 )
 async def verify_against_subject(
     collection: CollectionDep,
-    subject_id: str,
+    subject_id: SubjectId,
     services: ServicesDep,
     image: Annotated[UploadFile, File()],
     threshold: ThresholdQuery = None,
