@@ -168,7 +168,9 @@ def test_thumbnail_goes_with_its_face_and_subject(client: TestClient, lfw_image:
 
     assert client.delete("/v1/collections/gone/subjects/Hugo_Chavez").status_code == 204
     assert client.get(url.format(ids[1])).json()["code"] == "face_not_found"
-    assert client.get("/v1/collections/nowhere/faces/x/thumbnail").json()["code"] == "collection_not_found"
+    assert client.get(url.replace("gone", "nowhere").format(ids[1])).json()["code"] == "collection_not_found"
+    # A face id that is not a UUID is refused at the edge, before any lookup.
+    assert client.get(url.format("x")).json()["code"] == "validation_error"
 
 
 def test_thumbnails_turned_off_are_neither_kept_nor_served(tmp_path: Path, lfw_image: LfwImage) -> None:

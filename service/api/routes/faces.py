@@ -154,11 +154,12 @@ def delete_face(collection: CollectionDep, face_id: FaceId, services: ServicesDe
     "/faces/{face_id}/thumbnail",
     response_class=Response,
     responses={
+        **_READ,
         200: {"content": {"image/jpeg": {}}, "description": "The face's aligned crop, a small JPEG"},
         404: {"model": Problem, "description": "No such face, no thumbnail kept, or thumbnails turned off"},
     },
 )
-def face_thumbnail(collection: CollectionDep, face_id: str, services: ServicesDep) -> Response:
+def face_thumbnail(collection: CollectionDep, face_id: FaceId, services: ServicesDep) -> Response:
     """The aligned crop kept at enrollment (unless FACES_THUMBNAILS_ENABLED=false)."""
     if not services.settings.thumbnails_enabled:
         raise ThumbnailsDisabled("Face thumbnails are turned off on this server.")
