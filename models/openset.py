@@ -33,6 +33,21 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from service.domain.fpir import threshold_at_fpir
+
+__all__ = [
+    "OpenSetSplit",
+    "ProbeScores",
+    "dir_at_threshold",
+    "effective_gallery_size",
+    "evaluate_openset",
+    "find_config",
+    "fpir_at_threshold",
+    "rotation_split",
+    "score_split",
+    "threshold_at_fpir",
+]
+
 PROBE_CHUNK = 2048
 CURVE_FPIRS: tuple[float, ...] = tuple(float(f) for f in np.logspace(-4, 0, 33))
 
@@ -58,29 +73,6 @@ class ProbeScores:
 
 def fpir_key(fpir: float) -> str:
     return f"{fpir:g}"
-
-
-def threshold_at_fpir(impostor_best: NDArray[np.float64], fpir: float) -> float:
-    """The largest d² threshold (accept d² <= t) letting at most ``fpir`` of the impostor probes in.
-
-    ``impostor_best`` holds each unknown probe's distance to its closest enrolled subject. The cut sits
-    halfway between the last impostor distance allowed in and the first one kept out (ties stay out),
-    so the rate on these probes is <= ``fpir`` and new probes near the cut are treated symmetrically.
-    """
-    if not 0.0 <= fpir <= 1.0:
-        raise ValueError(f"fpir must be in [0, 1], got {fpir}")
-    u = np.sort(np.asarray(impostor_best, dtype=np.float64).ravel())
-    if u.size == 0:
-        raise ValueError("no impostor distances")
-    allowed = math.floor(fpir * u.size + 1e-9)
-    if allowed >= u.size:
-        return 4.0
-    cut = float(u[allowed])
-    below = u[:allowed][u[:allowed] < cut]
-    lower = float(below[-1]) if below.size else 0.0
-    if cut <= 0.0:
-        return 0.0
-    return float(np.clip((lower + cut) / 2.0, 0.0, 4.0))
 
 
 def fpir_at_threshold(impostor_best: NDArray[np.float64], threshold: float) -> float:
