@@ -43,6 +43,7 @@ __all__ = [
     "evaluate_openset",
     "find_config",
     "fpir_at_threshold",
+    "person_disjoint_check",
     "rotation_split",
     "score_split",
     "threshold_at_fpir",
@@ -345,3 +346,67 @@ def find_config(report: dict[str, Any], gallery_size_requested: int, enroll_coun
         ):
             return dict(block)
     raise KeyError(f"no result for gallery {gallery_size_requested}, {enroll_count} enrolled")
+
+
+def person_disjoint_check(
+    embeddings: NDArray[np.float32],
+    labels: NDArray[np.int64],
+    *,
+    gallery_size: int,
+    enroll_count: int,
+    target_fpir: float,
+    rotations: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The threshold for ``target_fpir`` chosen on one half of the people, its FPIR measured on the other.
+
+    People are split in two seeded halves; in each half, galleries of ``gallery_size`` people (capped
+    to what both halves allow) are drawn over ``rotations``. The threshold is chosen on the pooled
+    unknown probes of one half and its FPIR measured on the other half's rotations, both ways round:
+    no person, gallery or unknown probe is shared between choosing and measuring.
+    """
+    embeddings, labels = _check_inputs(embeddings, labels)
+    people = np.unique(labels)
+    shuffled = np.random.default_rng([seed, 7919]).permutation(people)
+    halves = [np.sort(shuffled[: people.size // 2]), np.sort(shuffled[people.size // 2 :])]
+    parts = [np.flatnonzero(np.isin(labels, half)) for half in halves]
+    size = min(effective_gallery_size(labels[part], gallery_size, enroll_count)[0] for part in parts)
+    unknown: list[list[NDArray[np.float64]]] = []
+    for part in parts:
+        sub_embeddings, sub_labels = embeddings[part], labels[part]
+        unknown.append(
+            [
+                score_split(
+                    sub_embeddings,
+                    sub_labels,
+                    rotation_split(sub_labels, size, enroll_count, seed, rotation),
+                ).unknown_best
+                for rotation in range(rotations)
+            ]
+        )
+    directions: list[dict[str, Any]] = []
+    ratios: list[float] = []
+    for choose, measure in ((0, 1), (1, 0)):
+        threshold = threshold_at_fpir(np.concatenate(unknown[choose]), target_fpir)
+        measured = [fpir_at_threshold(u, threshold) for u in unknown[measure]]
+        ratios.append(float(np.mean(measured) / target_fpir))
+        directions.append(
+            {
+                "chosen_on_half": choose,
+                "measured_on_half": measure,
+                "threshold": threshold,
+                "fpir_measured": _summary(measured),
+                "ratio_to_target": ratios[-1],
+            }
+        )
+    return {
+        "gallery_size_requested": gallery_size,
+        "gallery_size": size,
+        "enroll_count": enroll_count,
+        "target_fpir": target_fpir,
+        "people_per_half": [int(h.size) for h in halves],
+        "rotations": rotations,
+        "directions": directions,
+        # how far the worse direction is from the target, as a factor (1.0: exactly on target)
+        "worst_factor_off_target": max(max(r, 1.0 / max(r, 1e-12)) for r in ratios),
+    }

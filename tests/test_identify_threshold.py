@@ -213,17 +213,27 @@ def test_calibrated_threshold_is_used_by_identify(
 
 
 def test_calibration_errors(client: TestClient, lfw_image: LfwImage) -> None:
+    url = "/v1/collections/alone/calibrate"
     client.post("/v1/collections", json={"name": "alone"})
-    assert_problem(client.post("/v1/collections/alone/calibrate"), 422, "calibration_not_possible")
-    files = [("images", ("1.jpg", lfw_image("Tony_Blair", 1).read_bytes()))]
-    client.post("/v1/collections/alone/subjects/tony/faces", params={"create_subject": "true"}, files=files)
-    assert_problem(client.post("/v1/collections/alone/calibrate"), 422, "calibration_not_possible")
-    for bad in (0, 1, -0.5, 2, "x"):
-        assert_problem(
-            client.post("/v1/collections/alone/calibrate", params={"target_fpir": bad}),
-            422,
-            "validation_error",
+    assert_problem(client.post(url), 422, "calibration_not_possible")  # no faces
+    for person, subject in (("Colin_Powell", "powell"), ("Serena_Williams", "serena")):
+        files = [("images", ("1.jpg", lfw_image(person, 1).read_bytes()))]
+        enrolled = client.post(
+            f"/v1/collections/alone/subjects/{subject}/faces", params={"create_subject": "true"}, files=files
         )
+        assert enrolled.status_code == 201, enrolled.text
+        if subject == "powell":  # one subject: no one to play the stranger
+            assert_problem(client.post(url), 422, "calibration_not_possible")
+    dry = client.post(url).json()  # 2 faces: a rough estimate, and it says so
+    assert len(dry["warnings"]) == 3  # few subjects, few probes, no genuine pairs
+    assert dry["recommended"]["estimated_fpir"] == 0.0
+    assert dry["recommended"]["genuine_accept_rate"] is None
+    refused = client.post(url, params={"apply": "true"})
+    assert_problem(refused, 422, "calibration_not_possible")
+    assert "at least 100" in refused.json()["detail"]
+    assert client.get("/v1/collections/alone").json()["identify_threshold"]["source"] == "model_card"
+    for bad in (0, 1, -0.5, 2, "x"):
+        assert_problem(client.post(url, params={"target_fpir": bad}), 422, "validation_error")
     assert_problem(client.post("/v1/collections/nowhere/calibrate"), 404, "collection_not_found")
 
 

@@ -236,6 +236,14 @@ def calibrate_collection(
         vectors, subjects = load_embeddings(store, record.pk)
         result = calibrate(vectors, subjects, target_fpir=target_fpir, current_threshold=before.value)
         after = before
+        if apply and result.impostor_probes * target_fpir < 1.0:
+            raise CalibrationNotPossible(
+                f"Not applied: {result.impostor_probes} faces cannot measure a false-positive "
+                f"identification rate of {target_fpir:g} (at least {math.ceil(1.0 / target_fpir)} are "
+                "needed); enroll more faces or choose a larger target_fpir.",
+                faces=result.faces,
+                subjects=result.subjects,
+            )
         if apply:
             updated = store.update_collection(
                 collection,
