@@ -124,3 +124,14 @@ class Forbidden(ServiceError):
 
 class NotReady(ServiceError):
     code, status, title = "not_ready", 503, "Service not ready"
+
+
+class CalibrationNotPossible(FaceError):
+    """The collection's faces cannot support a calibration (fewer than two subjects)."""
+
+    code = "calibration_not_possible"
+    title = "Not enough enrolled faces to calibrate"
+
+
+class CalibrationBusy(ServiceError):
+    code, status, title = "calibration_busy", 429, "A calibration is already running"

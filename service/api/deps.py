@@ -10,8 +10,10 @@ from fastapi.security import APIKeyHeader
 
 from service.api.auth import API_KEY_HEADER, CALLER_SCOPE_KEY, Caller, KeyRing
 from service.api.schemas import CollectionName
+from service.domain.calibration import CalibrationSlot
 from service.domain.faces import FaceEngine
 from service.domain.gallery import Gallery
+from service.domain.thresholds import ThresholdPolicy
 from service.errors import NotReady
 from service.observability import Metrics
 from service.runtime.model_card import ModelCard
@@ -27,6 +29,8 @@ class Services:
     metrics: Metrics
     keyring: KeyRing
     provider: str
+    thresholds: ThresholdPolicy
+    calibration: CalibrationSlot
 
 
 def get_services(request: Request) -> Services:
