@@ -109,7 +109,7 @@ def operating_point_out(point: OperatingPoint) -> OperatingPointOut:
     "/{collection}/calibrate",
     response_model=CalibrationOut,
     responses={
-        **problem_responses(401, 403, 404, 503),
+        **problem_responses(400, 401, 403, 404, 413, 503),
         422: {"model": Problem, "description": "Invalid parameters, or too few subjects/faces to calibrate"},
         429: {"model": Problem, "description": "Another calibration is running"},
     },
