@@ -12,6 +12,8 @@ from service.observability import Metrics
 from service.runtime.analyzer import FaceAnalyzer
 from service.runtime.batcher import EmbeddingBatcher
 from service.runtime.embedder import OnnxEmbedder, load_detector, load_embedder
+from service.runtime.glibc import heap_trimmer
+from service.runtime.lanes import ImageLanes
 from service.runtime.model_card import ModelCard
 from service.runtime.onnx_session import active_provider
 from service.runtime.quality import QualityConfig
@@ -46,6 +48,7 @@ def load_face_models(settings: Settings) -> tuple[OnnxEmbedder, ModelCard, FaceA
             min_detector_score=settings.min_detector_score,
             min_sharpness=settings.min_sharpness,
         ),
+        detection_side=settings.detection_max_side,
     )
     return embedder, card, analyzer
 
@@ -67,6 +70,12 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         batcher,
         default_threshold=threshold,
         max_image_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
+        lanes=ImageLanes(
+            large_image_pixels=settings.large_image_pixels,
+            queue_pixels=settings.large_image_queue_pixels,
+            trim=heap_trimmer(),
+        ),
         on_faces=metrics.faces_detected.inc,
     )
     store = FaceStore.from_url(settings.database_url)

@@ -51,18 +51,28 @@ def problem_body(
 
 
 def problem_response(
-    status: int, code: str, title: str, detail: str, request: Request, **extra: Any
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    request: Request,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     body = problem_body(status, code, title, detail, request.url.path, **extra)
-    headers = {"WWW-Authenticate": "ApiKey"} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "ApiKey"
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers or None)
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status >= 500:
         logger.error("%s: %s", exc.code, exc.detail)
-    return problem_response(exc.status, exc.code, exc.title, exc.detail, request, **exc.extra)
+    return problem_response(
+        exc.status, exc.code, exc.title, exc.detail, request, headers=exc.headers(), **exc.extra
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
