@@ -526,7 +526,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-label", default="before", help="its column title (default %(default)s)")
     parser.add_argument("--label", default="this checkout", help="this checkout's column title")
     parser.add_argument(
-        "--latency-requests", type=int, default=40, help="identify requests per latency phase"
+        "--phase-seconds",
+        type=float,
+        default=10.0,
+        help="seconds of idle identify requests (twice that beside the giant-image client)",
     )
     args = parser.parse_args(argv)
     report = start_report("bench_hostile", argv)
