@@ -33,8 +33,9 @@ ORDER = [
     "bench_accuracy",
     "bench_http",
     "bench_memory",
+    "bench_hostile",
 ]
-DEFAULT = ["search", "stages", "pipeline", "embed", "http", "memory"]
+DEFAULT = ["search", "stages", "pipeline", "embed", "http", "memory", "hostile"]
 TITLES = {
     "bench_search": "Identify search (exact FAISS flat scan)",
     "bench_stages": "Identify request, stage by stage",
@@ -43,6 +44,7 @@ TITLES = {
     "bench_accuracy": "LFW accuracy vs face_recognition (dlib)",
     "bench_http": "HTTP load (uvicorn + locust)",
     "bench_memory": "Service memory",
+    "bench_hostile": "Hostile inputs (reliability)",
 }
 
 
@@ -204,6 +206,22 @@ def _memory(raw: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _hostile(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for run in raw.get("runs", []):
+        five = sum(c["server_errors"] for c in run["cases"])
+        idle, loaded = run["idle"], run["loaded"]
+        rows.append(
+            (
+                f"hostile inputs ({run['label']})",
+                f"{five} 5xx over {len(run['cases'])} cases; identify p99 {fmt(idle['p99_ms'])} ms alone, "
+                f"{fmt(loaded['p99_ms'])} ms beside a giant-image client; RSS peak "
+                f"{fmt(run['rss_peak_mib'])} MiB, settled {fmt(run['rss_settled_mib'])} MiB",
+            )
+        )
+    return rows
+
+
 HEADLINES: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "bench_search": _search,
     "bench_stages": _stages,
@@ -212,6 +230,7 @@ HEADLINES: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "bench_accuracy": _accuracy,
     "bench_http": _http,
     "bench_memory": _memory,
+    "bench_hostile": _hostile,
 }
 
 
@@ -321,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--only", default="", help="comma list of: search,stages,pipeline,embed,accuracy,http,memory"
+        "--only", default="", help="comma list of: search,stages,pipeline,embed,accuracy,http,memory,hostile"
     )
     parser.add_argument("--full", action="store_true", help="1M rows and the LFW accuracy comparison")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")

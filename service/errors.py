@@ -24,6 +24,14 @@ class ServiceError(Exception):
         """HTTP headers the response carries besides the problem body."""
         return {}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in the large-image worker process and re-raised here: keep detail and extra.
+        return (_rebuild, (type(self), self.detail, self.extra))
+
+
+def _rebuild(cls: type[ServiceError], detail: str, extra: dict[str, Any]) -> ServiceError:
+    return cls(detail, **extra)
+
 
 class NotFound(ServiceError):
     code, status, title = "not_found", 404, "Not found"

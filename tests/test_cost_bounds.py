@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.bootstrap import load_face_models
+from service.bootstrap import large_image_spec, load_face_models
 from service.domain.faces import FaceEngine
 from service.errors import ServerBusy
 from service.main import create_app
@@ -32,9 +32,12 @@ PROBLEM = "application/problem+json"
 MAX_PIXELS = 40_000_000
 
 
+SETTINGS = Settings(execution_provider="cpu")
+
+
 @pytest.fixture(scope="module")
 def models() -> tuple[OnnxEmbedder, FaceAnalyzer]:
-    embedder, _card, analyzer = load_face_models(Settings(execution_provider="cpu"))
+    embedder, _card, analyzer = load_face_models(SETTINGS)
     return embedder, analyzer
 
 
@@ -130,7 +133,12 @@ def test_a_photo_never_queues_behind_giant_images(
         EmbeddingBatcher(embedder, enabled=False),
         default_threshold=1.4,
         max_image_pixels=MAX_PIXELS,
-        lanes=ImageLanes(large_image_pixels=16_000_000, queue_pixels=4 * 6324 * 6324),
+        lanes=ImageLanes(
+            analyzer,
+            large_spec=large_image_spec(SETTINGS, analyzer),
+            large_image_pixels=16_000_000,
+            queue_pixels=4 * 6324 * 6324,
+        ),
     )
     photo = lfw_image("Colin_Powell", 1).read_bytes()
 
@@ -245,3 +253,10 @@ def test_small_png_is_not_a_large_image(client: TestClient, lfw_image: LfwImage)
     response = client.post("/v1/collections/c/identify", files={"image": ("p.png", data, "image/png")})
     assert response.status_code == 200, response.text
     assert response.json()["faces"][0]["match"]["subject_id"] == "s"
+
+
+def test_broken_giant_image_from_the_worker_is_a_clean_422(client: TestClient, giant: bytes) -> None:
+    """A large PNG whose data stops half-way fails in the worker process and comes back as a problem."""
+    truncated = giant[: len(giant) // 2]
+    response = client.post("/v1/collections/c/identify", files={"image": ("t.png", truncated, "image/png")})
+    _problem(response, 422, "invalid_image")

@@ -60,7 +60,7 @@ class FaceEngine:
         self.default_threshold = default_threshold
         self._max_pixels = max_image_pixels
         self._max_request_pixels = max_request_pixels
-        self._lanes = lanes if lanes is not None else ImageLanes()
+        self._lanes = lanes if lanes is not None else ImageLanes(analyzer)
         self._on_faces = on_faces
 
     @property
@@ -98,7 +98,7 @@ class FaceEngine:
         Raises RequestTooManyPixels or ServerBusy before any pixel is decoded; yields one probe per
         image, in order, to hand to ``analyze`` (an image whose header is unusable gets its error).
         """
-        probes = await self._lanes.run(lambda: [self._probe(data) for data in images], pixels=0)
+        probes = await self._lanes.run(lambda: [self._probe(data) for data in images])
         sizes = [p.pixels for p in probes if isinstance(p, ImageInfo)]
         if self._max_request_pixels is not None and sum(sizes) > self._max_request_pixels:
             raise RequestTooManyPixels(
@@ -123,10 +123,9 @@ class FaceEngine:
         if isinstance(probe, ServiceError):
             raise probe
 
-        def work() -> list[AnalyzedFace]:
-            return self._analyzer.analyze_encoded(data, max_pixels=self._max_pixels, max_faces=max_faces)
-
-        faces = await self._lanes.run(work, pixels=probe.pixels)
+        faces = await self._lanes.analyze(
+            data, pixels=probe.pixels, max_pixels=self._max_pixels, max_faces=max_faces
+        )
         if self._on_faces is not None:
             self._on_faces(len(faces))
         return faces
