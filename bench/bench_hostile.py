@@ -52,6 +52,7 @@ GIANT_SIDE = 6324  # 40.0 Mpx: just under the default FACES_MAX_IMAGE_PIXELS
 GALLERY = ("Colin_Powell", "George_W_Bush", "Serena_Williams", "Tony_Blair", "Gerhard_Schroeder")
 MIB = 1024 * 1024
 TIMEOUT_S = 300.0
+IDLE_WAIT_S = 40.0  # > the large-image worker's idle stop (service.runtime.lanes.LARGE_WORKER_IDLE_S)
 
 
 @dataclass(slots=True)
@@ -88,6 +89,7 @@ class RunResult:
     rss_ready_mib: float = 0.0
     rss_peak_mib: float = 0.0
     rss_settled_mib: float = 0.0
+    rss_idle_mib: float = 0.0
     startup_s: float = 0.0
 
     @property
@@ -465,6 +467,9 @@ def run_server(label: str, root: Path | None, inputs: Inputs, *, phase_s: float)
             time.sleep(5.0)  # let in-flight work finish and memory settle
             current, peak = _rss(server.pid)
             result.rss_settled_mib, result.rss_peak_mib = current / MIB, peak / MIB
+            print(f"[{label}] idle {IDLE_WAIT_S:.0f} s (the large-image worker stops)", flush=True)
+            time.sleep(IDLE_WAIT_S)
+            result.rss_idle_mib = _rss(server.pid)[0] / MIB
     return result
 
 
@@ -523,7 +528,8 @@ def summary_table(runs: list[RunResult], giant_png_bytes: int) -> Table:
     row("503 server_busy + Retry-After (large-image lane full)", lambda r: str(r.total_busy))
     row("RSS after warm-up, MiB", lambda r: fmt(r.rss_ready_mib, 0))
     row("peak RSS (server + workers, sum of peaks), MiB", lambda r: fmt(r.rss_peak_mib, 0))
-    row("settled RSS after the cases, MiB", lambda r: fmt(r.rss_settled_mib, 0))
+    row("settled RSS 5 s after the cases, MiB", lambda r: fmt(r.rss_settled_mib, 0))
+    row(f"RSS after {IDLE_WAIT_S:.0f} s idle, MiB", lambda r: fmt(r.rss_idle_mib, 0))
     row(
         "identify alone: p50 / p99 ms",
         lambda r: f"{fmt(r.idle.p50_ms, 0)} / {fmt(r.idle.p99_ms, 0)}" if r.idle else "-",

@@ -4,6 +4,7 @@ and large photos decoded at reduced size without changing who is in them (issue 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from service.bootstrap import large_image_spec, load_face_models
 from service.domain.faces import FaceEngine
 from service.errors import ServerBusy
 from service.main import create_app
+from service.runtime import lanes as lanes_module
 from service.runtime.analyzer import AnalyzedFace, FaceAnalyzer
 from service.runtime.batcher import EmbeddingBatcher
 from service.runtime.embedder import OnnxEmbedder
@@ -174,6 +176,41 @@ def test_a_photo_never_queues_behind_giant_images(
     faces, giants_done = asyncio.run(scenario())
     assert faces == 1
     assert giants_done <= 2  # the photo did not wait for the four giant images
+
+
+def test_large_image_worker_stops_when_idle_and_restarts(
+    models: tuple[OnnxEmbedder, FaceAnalyzer], giant: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's memory goes back to the OS once large images stop coming; the next one restarts it."""
+    monkeypatch.setattr(lanes_module, "LARGE_WORKER_IDLE_S", 0.5)
+    embedder, analyzer = models
+    lanes = ImageLanes(analyzer, large_spec=large_image_spec(SETTINGS, analyzer))
+    engine = FaceEngine(
+        analyzer,
+        EmbeddingBatcher(embedder, enabled=False),
+        default_threshold=1.4,
+        max_image_pixels=MAX_PIXELS,
+        lanes=lanes,
+    )
+    before = {p.pid for p in multiprocessing.active_children()}
+
+    async def scenario() -> tuple[set[int], set[int], set[int]]:
+        await engine.start()
+        try:
+            assert await engine.analyze(giant) == []
+            running = {p.pid for p in multiprocessing.active_children()} - before
+            await asyncio.sleep(2.0)
+            after_idle = {p.pid for p in multiprocessing.active_children()} - before
+            assert await engine.analyze(giant) == []
+            restarted = {p.pid for p in multiprocessing.active_children()} - before
+            return running, after_idle, restarted
+        finally:
+            await engine.stop()
+
+    running, after_idle, restarted = asyncio.run(scenario())
+    assert running
+    assert not (running & after_idle)  # the first worker exited
+    assert restarted - running  # a new one served the next large image
 
 
 # -- over HTTP ---------------------------------------------------------------------------------

@@ -55,7 +55,6 @@ class FaceEngine:
         lanes: ImageLanes | None = None,
         on_faces: Callable[[int], None] | None = None,
     ) -> None:
-        self._analyzer = analyzer
         self._batcher = batcher
         self.default_threshold = default_threshold
         self._max_pixels = max_image_pixels

@@ -11,7 +11,8 @@ Why a process and not a low-priority thread: a thread shares the GIL (and the al
 with the server, and a deprioritised thread waiting for the GIL makes CPython's forced switch wait
 for it, so it slows everyone else (measured: p99 of a concurrent identify 2.8x idle at nice 10,
 4.7x at nice 19, 1.8x in a process). The process also keeps the giant decode buffers out of the
-server's heap. It starts on the first large image (about a second) and stays.
+server's heap. It starts on the first large image (about a second) and stops after
+``LARGE_WORKER_IDLE_S`` without one, so its memory goes back to the OS too.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ T = TypeVar("T")
 LARGE_LANE_NICE = 10
 # Freed decode buffers above this size are handed back to the OS after the image (malloc_trim).
 TRIM_AFTER_PIXELS = 4_000_000
+# The worker process exits after this long without a large image (the next one starts it again).
+LARGE_WORKER_IDLE_S = 30.0
 # Retry-After for a refused request: the time the queued pixels take at the lane's measured rate.
 _INITIAL_RATE_PIXELS_PER_S = 50e6
 _RETRY_AFTER_BOUNDS_S = (1, 120)
@@ -124,6 +127,8 @@ class ImageLanes:
         self._large: Executor = self._large_executor()
         self._queued_pixels = 0  # admitted to the large lane and not finished; event loop only
         self._rate = _INITIAL_RATE_PIXELS_PER_S
+        self._last_large = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def _large_executor(self) -> Executor:
         if self._spec is None:
@@ -203,8 +208,27 @@ class ImageLanes:
                     self._large = self._large_executor()
                 raise ServerBusy("The large-image worker restarted; retry.", retry_after=1) from exc
         self._rate = 0.7 * self._rate + 0.3 * (pixels / max(busy_s, 1e-3))
+        self._last_large = loop.time()
+        if self._spec is not None and self._idle_timer is None:
+            self._idle_timer = loop.call_later(LARGE_WORKER_IDLE_S, self._stop_worker_if_idle, loop)
         return faces
 
+    def _stop_worker_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        idle_s = loop.time() - self._last_large
+        if self._queued_pixels or idle_s < LARGE_WORKER_IDLE_S:
+            self._idle_timer = loop.call_later(
+                max(LARGE_WORKER_IDLE_S - idle_s, 1.0), self._stop_worker_if_idle, loop
+            )
+            return
+        self._idle_timer = None
+        # A fresh executor starts no process until the next large image arrives.
+        idle, self._large = self._large, self._large_executor()
+        idle.shutdown(wait=False)
+        logger.info("large-image worker stopped after %.0f s without a large image", idle_s)
+
     def shutdown(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         self._photos.shutdown(wait=True)
         self._large.shutdown(wait=True)
