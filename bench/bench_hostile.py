@@ -20,6 +20,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import tempfile
 import threading
 import time
@@ -35,6 +36,7 @@ from PIL import Image
 
 from bench.common import (
     DEFAULT_LFW_ROOT,
+    REPO_ROOT,
     RESULTS_DIR,
     LatencyStats,
     Report,
@@ -547,6 +549,47 @@ def summary_table(runs: list[RunResult], giant_png_bytes: int) -> Table:
     return table
 
 
+README_START = "<!-- bench:hostile (python -m bench.bench_hostile rewrites this block) -->"
+README_END = "<!-- /bench:hostile -->"
+
+
+def readme_markdown(report: Report, runs: list[RunResult]) -> str:
+    """The README's reliability tables: the summary, and per case the statuses of every run."""
+    lines = [f"`{report.command}`", ""]
+    load = (report.machine.get("loadavg_start") or ["?"])[0]
+    lines += [
+        f"{report.machine.get('cpu_model') or 'CPU'}, {report.machine.get('affinity_cpus', '?')} cores, "
+        f"started {report.started_at}, 1-min load average at start {load}.",
+        "",
+    ]
+    summary = report.tables[0]
+    lines += [summary.to_markdown(), ""]
+    lines += [f"- {note}" for note in summary.notes]
+    columns = ["case", "what"]
+    for run in runs:
+        columns += [f"{run.label}: statuses", "5xx", "server CPU s"]
+    cases = Table("", columns)
+    for i, (name, what, _) in enumerate(CASES):
+        row: list[object] = [f"`{name}`", what]
+        for run in runs:
+            case = run.cases[i]
+            row += [_histogram(case.statuses), case.server_errors, fmt(case.server_cpu_s, 2)]
+        cases.add(*row)
+    lines += ["", cases.to_markdown()]
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, report: Report, runs: list[RunResult]) -> bool:
+    """Replace the block between the markers; False (file untouched) when they are missing."""
+    text = path.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.DOTALL)
+    if not pattern.search(text):
+        return False
+    block = f"{README_START}\n{readme_markdown(report, runs)}\n{README_END}"
+    path.write_text(pattern.sub(lambda _: block, text, count=1), encoding="utf-8")
+    return True
+
+
 def _run_from_raw(data: dict[str, Any]) -> RunResult:
     fields = dict(data)
     fields["cases"] = [CaseResult(**case) for case in data["cases"]]
@@ -569,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-label", default="before", help="its column title (default %(default)s)")
     parser.add_argument("--label", default="this checkout", help="this checkout's column title")
     parser.add_argument(
+        "--no-readme", dest="readme", action="store_false", help="leave README.md's reliability block alone"
+    )
+    parser.add_argument(
         "--report-only", action="store_true", help="rebuild the tables from bench/results/bench_hostile.json"
     )
     parser.add_argument(
@@ -584,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
         saved.tables = [summary_table(runs, int(saved.raw["giant_png_bytes"])), case_table(runs)]
         saved.save()
         saved.print()
+        if args.readme:
+            update_readme(REPO_ROOT / "README.md", saved, runs)
         return 0
     report = start_report("bench_hostile", argv)
     started = time.perf_counter()
@@ -605,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [asdict(run) for run in runs],
     }
     finish_report(report, started)
+    if args.readme and update_readme(REPO_ROOT / "README.md", report, runs):
+        print("README.md reliability tables rewritten")
     return 0
 
 

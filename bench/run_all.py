@@ -33,9 +33,10 @@ ORDER = [
     "bench_accuracy",
     "bench_http",
     "bench_memory",
+    "bench_large_images",
     "bench_hostile",
 ]
-DEFAULT = ["search", "stages", "pipeline", "embed", "http", "memory", "hostile"]
+DEFAULT = ["search", "stages", "pipeline", "embed", "http", "memory", "large_images", "hostile"]
 TITLES = {
     "bench_search": "Identify search (exact FAISS flat scan)",
     "bench_stages": "Identify request, stage by stage",
@@ -44,6 +45,7 @@ TITLES = {
     "bench_accuracy": "LFW accuracy vs face_recognition (dlib)",
     "bench_http": "HTTP load (uvicorn + locust)",
     "bench_memory": "Service memory",
+    "bench_large_images": "Large images: before / after reduced-size decoding",
     "bench_hostile": "Hostile inputs (reliability)",
 }
 
@@ -340,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--only", default="", help="comma list of: search,stages,pipeline,embed,accuracy,http,memory,hostile"
+        "--only",
+        default="",
+        help="comma list of: search,stages,pipeline,embed,accuracy,http,memory,large_images,hostile",
     )
     parser.add_argument("--full", action="store_true", help="1M rows and the LFW accuracy comparison")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
