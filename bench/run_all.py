@@ -34,8 +34,10 @@ ORDER = [
     "bench_http",
     "bench_memory",
     "bench_calibrate",
+    "bench_large_images",
+    "bench_hostile",
 ]
-DEFAULT = ["search", "stages", "pipeline", "embed", "http", "memory", "calibrate"]
+DEFAULT = ["search", "stages", "pipeline", "embed", "http", "memory", "calibrate", "large_images", "hostile"]
 TITLES = {
     "bench_search": "Identify search (exact FAISS flat scan)",
     "bench_stages": "Identify request, stage by stage",
@@ -45,6 +47,8 @@ TITLES = {
     "bench_http": "HTTP load (uvicorn + locust)",
     "bench_memory": "Service memory",
     "bench_calibrate": "Self-calibration of a collection's identify threshold",
+    "bench_large_images": "Large images: before / after reduced-size decoding",
+    "bench_hostile": "Hostile inputs (reliability)",
 }
 
 
@@ -216,6 +220,22 @@ def _calibrate(raw: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _hostile(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for run in raw.get("runs", []):
+        five = sum(c["server_errors"] for c in run["cases"])
+        idle, loaded = run["idle"], run["loaded"]
+        rows.append(
+            (
+                f"hostile inputs ({run['label']})",
+                f"{five} 5xx over {len(run['cases'])} cases; identify p99 {fmt(idle['p99_ms'])} ms alone, "
+                f"{fmt(loaded['p99_ms'])} ms beside a giant-image client; RSS peak "
+                f"{fmt(run['rss_peak_mib'])} MiB, settled {fmt(run['rss_settled_mib'])} MiB",
+            )
+        )
+    return rows
+
+
 HEADLINES: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "bench_search": _search,
     "bench_stages": _stages,
@@ -225,6 +245,7 @@ HEADLINES: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "bench_http": _http,
     "bench_memory": _memory,
     "bench_calibrate": _calibrate,
+    "bench_hostile": _hostile,
 }
 
 
@@ -336,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list of: search,stages,pipeline,embed,accuracy,http,memory,calibrate",
+        help="comma list of: search,stages,pipeline,embed,accuracy,http,memory,calibrate,large_images,hostile",
     )
     parser.add_argument("--full", action="store_true", help="1M rows and the LFW accuracy comparison")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")

@@ -41,6 +41,8 @@ class ServerConfig:
     threads: int = 0
     experiment: str | None = None  # a bench.experiments patch applied to the server process
     extra_env: Mapping[str, str] | None = None
+    # Another checkout to run the server from (a before/after comparison); None: this one.
+    repo_root: Path | None = None
 
     @property
     def database_url(self) -> str:
@@ -61,6 +63,8 @@ class ServerConfig:
                 "FACES_LOG_LEVEL": "WARNING",
             }
         )
+        if self.repo_root is not None:
+            env["PYTHONPATH"] = str(self.repo_root)
         env.update(self.extra_env or {})
         return env
 
@@ -89,7 +93,11 @@ class ServiceProcess:
         command = [sys.executable, "-m", *entry, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         started = time.perf_counter()
         self._process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=self.config.env(self.port), stdout=log, stderr=subprocess.STDOUT
+            command,
+            cwd=self.config.repo_root or REPO_ROOT,
+            env=self.config.env(self.port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         log.close()
         deadline = started + timeout_s

@@ -15,6 +15,8 @@ from service.observability import Metrics
 from service.runtime.analyzer import FaceAnalyzer
 from service.runtime.batcher import EmbeddingBatcher
 from service.runtime.embedder import OnnxEmbedder, load_detector, load_embedder
+from service.runtime.glibc import heap_trimmer
+from service.runtime.lanes import AnalyzerSpec, ImageLanes
 from service.runtime.model_card import ModelCard
 from service.runtime.onnx_session import active_provider
 from service.runtime.quality import QualityConfig
@@ -49,8 +51,21 @@ def load_face_models(settings: Settings) -> tuple[OnnxEmbedder, ModelCard, FaceA
             min_detector_score=settings.min_detector_score,
             min_sharpness=settings.min_sharpness,
         ),
+        detection_side=settings.detection_max_side,
     )
     return embedder, card, analyzer
+
+
+def large_image_spec(settings: Settings, analyzer: FaceAnalyzer) -> AnalyzerSpec:
+    """The same front end as ``analyzer``, rebuilt in the large-image worker process."""
+    return AnalyzerSpec(
+        detector_path=settings.model_dir / settings.detector_model,
+        score_threshold=settings.detector_score_threshold,
+        detection_side=settings.detection_max_side,
+        crop_size=analyzer.crop_size,
+        quality=analyzer.quality,
+        cpu_graph_rewrites=settings.cpu_graph_rewrites,
+    )
 
 
 def build_services(settings: Settings, metrics: Metrics) -> Services:
@@ -74,6 +89,14 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         batcher,
         default_threshold=thresholds.verify_default.value,
         max_image_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
+        lanes=ImageLanes(
+            analyzer,
+            large_spec=large_image_spec(settings, analyzer),
+            large_image_pixels=settings.large_image_pixels,
+            queue_pixels=settings.large_image_queue_pixels,
+            trim=heap_trimmer(),
+        ),
         on_faces=metrics.faces_detected.inc,
     )
     store = FaceStore.from_url(settings.database_url)

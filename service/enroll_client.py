@@ -91,6 +91,8 @@ class EnrollmentReport:
     rejected: list[FileOutcome] = field(default_factory=list)
     failed: list[FileOutcome] = field(default_factory=list)
     ignored: list[FileOutcome] = field(default_factory=list)
+    # Subjects this run created and removed again because none of their files could be enrolled.
+    removed_subjects: list[str] = field(default_factory=list)
     # Set when the run could not start (collection unreachable, bad key...): nothing was attempted.
     fatal_error: str | None = None
 
@@ -132,6 +134,7 @@ class EnrollmentReport:
             "rejected": outcomes(self.rejected),
             "failed": outcomes(self.failed),
             "ignored": outcomes(self.ignored),
+            "removed_empty_subjects": sorted(self.removed_subjects),
         }
 
     def summary(self, *, max_listed: int = 20) -> str:
@@ -142,6 +145,11 @@ class EnrollmentReport:
         ]
         if self.fatal_error:
             lines.append(f"  run aborted: {self.fatal_error}")
+        if self.removed_subjects:
+            lines.append(
+                f"  {len(self.removed_subjects)} subject(s) not kept, no file of theirs could be enrolled: "
+                + ", ".join(sorted(self.removed_subjects)[:max_listed])
+            )
         reasons = Counter(o.code or "unknown" for o in self.rejected)
         if reasons:
             lines.append("  rejected by reason: " + ", ".join(f"{c} {n}" for c, n in reasons.most_common()))
@@ -321,12 +329,21 @@ class ApiClient:
             if isinstance(f, dict) and f.get("source_hash")
         }
 
-    async def create_subject(self, collection: str, subject_id: str) -> None:
-        await self.request(
+    async def create_subject(self, collection: str, subject_id: str) -> bool:
+        """True when this call created the subject (False: it already existed)."""
+        response, _ = await self.request(
             "POST",
             f"/v1/collections/{quote(collection, safe='')}/subjects",
             ok=(200, 201, 409),
             json={"subject_id": subject_id},
+        )
+        return response.status_code != 409
+
+    async def delete_subject(self, collection: str, subject_id: str) -> None:
+        await self.request(
+            "DELETE",
+            f"/v1/collections/{quote(collection, safe='')}/subjects/{quote(subject_id, safe='')}",
+            ok=(200, 204, 404),
         )
 
     async def upload_face(
@@ -387,6 +404,7 @@ class _Enrollment:
         self._progress = progress
         self._subjects: dict[str, asyncio.Task[dict[str, str]]] = {}
         self._claimed: dict[str, set[str]] = {}
+        self._created: set[str] = set()
         self._semaphore = asyncio.Semaphore(options.concurrency)
 
     def _subject_ready(self, subject_id: str) -> asyncio.Task[dict[str, str]]:
@@ -400,10 +418,23 @@ class _Enrollment:
     async def _prepare_subject(self, subject_id: str) -> dict[str, str]:
         hashes = await self._api.enrolled_hashes(self._options.collection, subject_id)
         if hashes is None:
-            # Created up front so concurrent uploads never race to create the same subject.
-            await self._api.create_subject(self._options.collection, subject_id)
+            # Created up front so concurrent uploads never race to create the same subject
+            # (and removed at the end if none of its files could be enrolled).
+            if await self._api.create_subject(self._options.collection, subject_id):
+                self._created.add(subject_id)
             hashes = {}
         return hashes
+
+    async def remove_empty_subjects(self) -> None:
+        """Delete the subjects this run created that ended with no face (every file rejected or failed):
+        the API alone never leaves an empty subject behind, and neither does a batch run."""
+        kept = {o.subject_id for o in self._report.enrolled}
+        for subject_id in sorted(self._created - kept):
+            with contextlib.suppress(ApiRequestError):
+                hashes = await self._api.enrolled_hashes(self._options.collection, subject_id)
+                if hashes == {}:  # still empty: nobody else enrolled into it meanwhile
+                    await self._api.delete_subject(self._options.collection, subject_id)
+                    self._report.removed_subjects.append(subject_id)
 
     def _record(self, bucket: list[FileOutcome], outcome: FileOutcome) -> None:
         bucket.append(outcome)
@@ -542,6 +573,7 @@ async def enroll(
             ) as progress:
                 run = _Enrollment(options, api, report, progress)
                 await asyncio.gather(*(run.enroll_file(s.subject_id, f) for s in subjects for f in s.files))
+                await run.remove_empty_subjects()
     report.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
     report.duration_s = time.monotonic() - started
     return report

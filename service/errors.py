@@ -20,6 +20,18 @@ class ServiceError(Exception):
         self.detail = detail
         self.extra = extra
 
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the response carries besides the problem body."""
+        return {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in the large-image worker process and re-raised here: keep detail and extra.
+        return (_rebuild, (type(self), self.detail, self.extra))
+
+
+def _rebuild(cls: type[ServiceError], detail: str, extra: dict[str, Any]) -> ServiceError:
+    return cls(detail, **extra)
+
 
 class NotFound(ServiceError):
     code, status, title = "not_found", 404, "Not found"
@@ -78,6 +90,12 @@ class PayloadTooLarge(ServiceError):
     code, status, title = "payload_too_large", 413, "Payload too large"
 
 
+class RequestTooManyPixels(ServiceError):
+    """The images of one request add up to more pixels than the per-request budget."""
+
+    code, status, title = "request_too_many_pixels", 413, "Request has too many pixels"
+
+
 class UnsupportedMediaType(ServiceError):
     code, status, title = "unsupported_media_type", 415, "Unsupported media type"
 
@@ -114,6 +132,12 @@ class LowQualityFace(FaceError):
     title = "Face quality too low"
 
 
+class NoImageEnrolled(ServiceError):
+    """Enrollment where every image was rejected, for different reasons (see its per-image results)."""
+
+    code, status, title = "no_image_enrolled", 422, "No image could be enrolled"
+
+
 class Unauthorized(ServiceError):
     code, status, title = "unauthorized", 401, "Missing or invalid API key"
 
@@ -135,3 +159,12 @@ class CalibrationNotPossible(FaceError):
 
 class CalibrationBusy(ServiceError):
     code, status, title = "calibration_busy", 429, "A calibration is already running"
+
+
+class ServerBusy(ServiceError):
+    """The large-image lane is full; the client should retry after ``retry_after`` seconds."""
+
+    code, status, title = "server_busy", 503, "Server busy"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.extra.get("retry_after", 1))}

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(default=16 * 1024, ge=2)
     max_metadata_depth: int = Field(default=32, ge=1, le=128)
     detection_max_side: int = Field(default=640, ge=64)
+    # Cost bounds: pixels of all images of one request (read from the headers, before decoding);
+    # images above large_image_pixels are analysed one at a time on a low-priority lane that admits
+    # requests while its queued pixels stay within large_image_queue_pixels (else 503 + Retry-After).
+    max_request_pixels: int = Field(default=200_000_000, ge=10_000)
+    large_image_pixels: int = Field(default=16_000_000, ge=10_000)
+    large_image_queue_pixels: int = Field(default=400_000_000, ge=10_000)
 
     # Quality gate (enrollment rejects, identify reports).
     min_face_size_px: float = Field(default=40.0, ge=0.0)

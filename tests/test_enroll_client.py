@@ -81,6 +81,12 @@ class FakeApi:
             self.faces[(c, subject_id)] = []
             return JSONResponse({"subject_id": subject_id}, status_code=201)
 
+        @app.delete("/v1/collections/{c}/subjects/{s}")
+        async def delete_subject(c: str, s: str) -> Response:
+            if self.faces.pop((c, s), None) is None:
+                return _problem(404, "subject_not_found", s)
+            return Response(status_code=204)
+
         @app.get("/v1/collections/{c}/subjects/{s}/faces")
         async def list_faces(c: str, s: str) -> Response:
             if (c, s) not in self.faces:
@@ -362,6 +368,24 @@ def test_backoff_grows_exponentially_and_is_capped() -> None:
     assert backoff_delay(0, 0.5, retry_after_s=3.0) >= 3.0
 
 
+def test_a_subject_whose_files_are_all_rejected_is_not_left_behind_empty(tmp_path: Path) -> None:
+    fake = FakeApi(collections={"staff"})
+    fake.faces[("staff", "Existing")] = []  # created before the run: never deleted by it
+    root = tmp_path / "people"
+    for subject in ("Nobody", "Existing"):
+        (root / subject).mkdir(parents=True)
+        (root / subject / "notes.jpg").write_text("not an image")
+
+    report = _run(_options(root), httpx.ASGITransport(app=fake.app()))
+
+    assert report.ok
+    assert report.counts()["rejected"] == 2
+    assert ("staff", "Nobody") not in fake.faces
+    assert ("staff", "Existing") in fake.faces
+    assert report.removed_subjects == ["Nobody"]
+    assert report.to_json()["removed_empty_subjects"] == ["Nobody"]
+
+
 # ---------------------------------------------------------------- against the real server
 
 
@@ -556,3 +580,29 @@ def test_face_selection_reaches_the_server(live_server: str, tmp_path: Path, lfw
     largest_report = json.loads((tmp_path / "largest.json").read_text())
     assert [r["code"] for r in strict_report["rejected"]] == ["multiple_faces"]
     assert largest_report["counts"]["enrolled"] == 1
+
+
+@pytest.mark.slow
+def test_no_empty_subject_when_every_real_image_is_rejected(
+    live_server: str, tmp_path: Path, lfw_image: LfwImage
+) -> None:
+    """A folder of unusable files creates no subject; a folder beside it still enrolls."""
+    root = tmp_path / "people"
+    (root / "Nobody").mkdir(parents=True)
+    Image.new("RGB", (160, 160), (40, 120, 200)).save(root / "Nobody" / "solid_blue.png")
+    (root / "Nobody" / "text.jpg").write_text("plain text pretending to be a JPEG")
+    (root / "Colin_Powell").mkdir()
+    shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
+    argv = [str(root), "--collection", "rejects", "--base-url", live_server, "--no-progress"]
+
+    code = main([*argv, "--report", str(tmp_path / "r.json")])
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert code == 0, report
+    assert report["counts"]["enrolled"] == 1
+    assert report["counts"]["rejected"] == 2
+    assert report["removed_empty_subjects"] == ["Nobody"]
+    with httpx.Client(base_url=live_server) as client:
+        assert client.get("/v1/collections/rejects/subjects/Nobody").status_code == 404
+        listed = client.get("/v1/collections/rejects/subjects").json()
+        assert [s["subject_id"] for s in listed["items"]] == ["Colin_Powell"]

@@ -73,7 +73,9 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     if exc.status >= 500:
         logger.error("%s: %s", exc.code, exc.detail)
-    return problem_response(exc.status, exc.code, exc.title, exc.detail, request, **exc.extra)
+    return problem_response(
+        exc.status, exc.code, exc.title, exc.detail, request, headers=exc.headers(), **exc.extra
+    )
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from service.domain.faces import FaceEngine
+from service.domain.faces import FaceEngine, Probe
 from service.domain.gallery import Gallery
 from service.errors import (
-    FaceError,
     ImageError,
     LowQualityFace,
     MultipleFaces,
     NoFaceFound,
+    NoImageEnrolled,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
@@ -59,15 +59,19 @@ def quality_dict(face: AnalyzedFace) -> dict[str, Any]:
 
 
 async def _choose_face(
-    engine: FaceEngine, image: UploadedImage, selection: FaceSelection, max_upload_bytes: int
+    engine: FaceEngine,
+    image: UploadedImage,
+    selection: FaceSelection,
+    max_upload_bytes: int,
+    probe: Probe | None,
 ) -> ImageOutcome:
     digest = image.source_hash or hashlib.sha256(image.data).hexdigest()
     outcome = ImageOutcome(image.filename, source_hash=digest)
-    if len(image.data) > max_upload_bytes:
+    if probe is None:  # over the size limit: never admitted
         outcome.error = PayloadTooLarge(f"The file is larger than {max_upload_bytes} bytes.")
         return outcome
     try:
-        faces = await engine.analyze(image.data)
+        faces = await engine.analyze(image.data, probe=probe)
     except (ImageError, UnsupportedMediaType) as exc:
         outcome.error = exc
         return outcome
@@ -110,9 +114,13 @@ async def enroll_images(
     await asyncio.to_thread(gallery.store.collection_pk, collection)
     if not create_subject:
         await asyncio.to_thread(gallery.store.get_subject, collection, subject_id)
-    outcomes = list(
-        await asyncio.gather(*(_choose_face(engine, img, selection, max_upload_bytes) for img in images))
-    )
+    within = [img for img in images if len(img.data) <= max_upload_bytes]
+    async with engine.admit([img.data for img in within]) as admitted:
+        probes = dict(zip((id(img) for img in within), admitted, strict=True))
+        choices = [
+            _choose_face(engine, img, selection, max_upload_bytes, probes.get(id(img))) for img in images
+        ]
+        outcomes = list(await asyncio.gather(*choices))
     accepted = [o for o in outcomes if o.error is None and o.face is not None]
     if not accepted:
         return outcomes
@@ -138,11 +146,16 @@ async def enroll_images(
     return outcomes
 
 
-def all_rejected_error(outcomes: list[ImageOutcome]) -> FaceError | ServiceError:
-    """The problem to report when no image of a request could be enrolled."""
+def all_rejected_error(outcomes: list[ImageOutcome]) -> ServiceError:
+    """The problem to report when no image of a request could be enrolled.
+
+    When every image was rejected for the same reason, that reason's code and status (one text
+    file: 415 unsupported_media_type; no face anywhere: 422 no_face); otherwise 422
+    no_image_enrolled. The per-image results ride along either way.
+    """
     errors = [o.error for o in outcomes if o.error is not None]
     codes = {e.code for e in errors}
     if len(errors) == 1 or len(codes) == 1:
         first = errors[0]
         return type(first)(first.detail, **first.extra)
-    return FaceError("None of the images could be enrolled; see results for each image.")
+    return NoImageEnrolled("None of the images could be enrolled; see results for each image.")

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.errors import InvalidRequest, NoFaceFound
+from service.errors import InvalidRequest, NoFaceFound, RequestTooManyPixels, ServiceError
 from service.runtime.analyzer import AnalyzedFace, FaceAnalyzer
 from service.runtime.batcher import EmbeddingBatcher
-from service.runtime.imaging import decode_image
+from service.runtime.imaging import ImageInfo, probe_image
+from service.runtime.lanes import ImageLanes
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
+# What the header of an uploaded image said: its size, or why it cannot be used.
+Probe = ImageInfo | ServiceError
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +38,11 @@ def squared_distance(similarity: float) -> float:
 
 
 class FaceEngine:
-    """Decodes and analyses images off the event loop, and embeds crops through the batcher."""
+    """Decodes and analyses images off the event loop, and embeds crops through the batcher.
+
+    Every request's images are admitted first (``admit``): their pixels, read from the headers,
+    must fit the per-request budget, and large ones need room in the large-image lane.
+    """
 
     def __init__(
         self,
@@ -47,15 +51,20 @@ class FaceEngine:
         *,
         default_threshold: float,
         max_image_pixels: int,
-        workers: int = 2,
+        max_request_pixels: int | None = None,
+        lanes: ImageLanes | None = None,
         on_faces: Callable[[int], None] | None = None,
     ) -> None:
-        self._analyzer = analyzer
         self._batcher = batcher
         self.default_threshold = default_threshold
         self._max_pixels = max_image_pixels
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="analyze")
+        self._max_request_pixels = max_request_pixels
+        self._lanes = lanes if lanes is not None else ImageLanes(analyzer)
         self._on_faces = on_faces
+
+    @property
+    def lanes(self) -> ImageLanes:
+        return self._lanes
 
     @property
     def dim(self) -> int:
@@ -66,7 +75,7 @@ class FaceEngine:
 
     async def stop(self) -> None:
         await self._batcher.stop()
-        self._executor.shutdown(wait=True)
+        self._lanes.shutdown()
 
     def threshold(self, requested: float | None) -> float:
         if requested is None:
@@ -75,17 +84,47 @@ class FaceEngine:
             raise InvalidRequest("threshold is a squared L2 distance and must lie in [0, 4].")
         return requested
 
-    async def _off_loop(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    def _probe(self, data: bytes) -> Probe:
+        try:
+            return probe_image(data, max_pixels=self._max_pixels)
+        except ServiceError as exc:
+            return exc
 
-    async def analyze(self, data: bytes, max_faces: int | None = None) -> list[AnalyzedFace]:
-        """Decode and detect; raises ImageError/UnsupportedMediaType for unusable files."""
+    @contextlib.asynccontextmanager
+    async def admit(self, images: Sequence[bytes]) -> AsyncIterator[list[Probe]]:
+        """Read every header, enforce the request's pixel budget and reserve the large-image lane.
 
-        def work() -> list[AnalyzedFace]:
-            image = decode_image(data, max_pixels=self._max_pixels)
-            return self._analyzer.analyze(image, max_faces=max_faces)
+        Raises RequestTooManyPixels or ServerBusy before any pixel is decoded; yields one probe per
+        image, in order, to hand to ``analyze`` (an image whose header is unusable gets its error).
+        """
+        probes = await self._lanes.run(lambda: [self._probe(data) for data in images])
+        sizes = [p.pixels for p in probes if isinstance(p, ImageInfo)]
+        if self._max_request_pixels is not None and sum(sizes) > self._max_request_pixels:
+            raise RequestTooManyPixels(
+                f"The images of this request have {sum(sizes)} pixels in all; the limit is "
+                f"{self._max_request_pixels}. Send fewer or smaller images per request.",
+                pixels=sum(sizes),
+                limit=self._max_request_pixels,
+            )
+        with self._lanes.reserve(sizes):
+            yield probes
 
-        faces = await self._off_loop(work)
+    async def analyze(
+        self, data: bytes, max_faces: int | None = None, probe: Probe | None = None
+    ) -> list[AnalyzedFace]:
+        """Decode and detect; raises ImageError/UnsupportedMediaType for unusable files.
+
+        Without ``probe`` the image is admitted on its own (as a one-image request).
+        """
+        if probe is None:
+            async with self.admit([data]) as probes:
+                return await self.analyze(data, max_faces, probes[0])
+        if isinstance(probe, ServiceError):
+            raise probe
+
+        faces = await self._lanes.analyze(
+            data, pixels=probe.pixels, max_pixels=self._max_pixels, max_faces=max_faces
+        )
         if self._on_faces is not None:
             self._on_faces(len(faces))
         return faces

@@ -31,9 +31,11 @@ def _verdict(similarity: float, threshold: float, face_a: EmbeddedFace) -> Verdi
 
 async def verify_pair(engine: FaceEngine, image_a: bytes, image_b: bytes, *, threshold: float) -> Verdict:
     """Compares the largest face of each image."""
-    faces_a, faces_b = await asyncio.gather(
-        engine.analyze(image_a, max_faces=1), engine.analyze(image_b, max_faces=1)
-    )
+    async with engine.admit([image_a, image_b]) as (probe_a, probe_b):
+        faces_a, faces_b = await asyncio.gather(
+            engine.analyze(image_a, max_faces=1, probe=probe_a),
+            engine.analyze(image_b, max_faces=1, probe=probe_b),
+        )
     if not faces_a:
         raise NoFaceFound("No face was found in image_a.", image="image_a")
     if not faces_b:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from collections.abc import Callable
 
 
 def glibc() -> ctypes.CDLL | None:
@@ -18,3 +19,20 @@ def glibc() -> ctypes.CDLL | None:
         return ctypes.CDLL(name)
     except OSError:
         return None
+
+
+def heap_trimmer() -> Callable[[], None] | None:
+    """A call that hands the heap's free pages back to the OS (glibc ``malloc_trim``), or None.
+
+    glibc keeps freed memory of large decodes in its arenas for reuse, so one giant image would
+    otherwise raise the process's resident size for good.
+    """
+    libc = glibc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is None:  # not glibc (e.g. musl), or not Linux
+        return None
+
+    def run() -> None:
+        trim(0)
+
+    return run

@@ -1,9 +1,18 @@
-"""Untrusted bytes in, a safe RGB array out: format allow-list, pixel limit, EXIF orientation."""
+"""Untrusted bytes in, a safe RGB array out: format allow-list, pixel limit, EXIF orientation.
+
+Large images are decoded at reduced size when the caller asks for less than full resolution:
+JPEGs through the decoder's DCT scaling (1/2, 1/4, 1/8: the full-size buffer never exists), PNG and
+WebP (no scalable decoding) through a box reduction before the pixels become a numpy array.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -28,12 +37,47 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> RGBImage:
-    """Decode JPEG/PNG/WebP into an upright RGB uint8 array of shape (H, W, 3).
+# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
 
-    Raises UnsupportedMediaType for other formats, ImageTooManyPixels before decoding a bomb,
-    and ImageError for anything that cannot be decoded.
-    """
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """What the header says, before any pixel is decoded."""
+
+    format: str
+    width: int  # as stored, before EXIF orientation
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    """Upright RGB pixels, possibly decoded at reduced size, and the upright full-resolution size."""
+
+    pixels: RGBImage
+    full_size: tuple[int, int]  # (width, height)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+    @property
+    def reduced(self) -> bool:
+        return self.size != self.full_size
+
+    def factor_to(self, other: tuple[int, int]) -> tuple[float, float]:
+        """Per-axis factor from these pixels' coordinates to an image of size ``other`` (same picture)."""
+        return other[0] / self.size[0], other[1] / self.size[1]
+
+
+@contextmanager
+def _opened(data: bytes, max_pixels: int) -> Iterator[tuple[Image.Image, str]]:
+    """The image with only its header read; every failure mapped to a domain error."""
     if not data:
         raise ImageError("The image file is empty.")
     fmt = sniff_format(data)
@@ -50,10 +94,8 @@ def decode_image(data: bytes, *, max_pixels: int) -> RGBImage:
                         width=width,
                         height=height,
                     )
-                img.load()
-                upright = ImageOps.exif_transpose(img)
-                rgb = _to_rgb(upright)
-    except (ImageTooManyPixels, UnsupportedMediaType):
+                yield img, fmt
+    except (ImageTooManyPixels, UnsupportedMediaType, ImageError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooManyPixels(f"The image has more than {max_pixels} pixels.") from exc
@@ -64,10 +106,53 @@ def decode_image(data: bytes, *, max_pixels: int) -> RGBImage:
         SyntaxError,
     ) as exc:
         raise ImageError("The image could not be decoded.") from exc
+
+
+def probe_image(data: bytes, *, max_pixels: int) -> ImageInfo:
+    """Format and size from the header alone (microseconds); the same errors as decoding."""
+    with _opened(data, max_pixels) as (img, fmt):
+        return ImageInfo(fmt, img.size[0], img.size[1])
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> RGBImage:
+    """Decode JPEG/PNG/WebP into an upright RGB uint8 array of shape (H, W, 3), at full resolution.
+
+    Raises UnsupportedMediaType for other formats, ImageTooManyPixels before decoding a bomb,
+    and ImageError for anything that cannot be decoded.
+    """
+    return decode_at_least(data, max_pixels=max_pixels, min_long_side=None).pixels
+
+
+def decode_at_least(data: bytes, *, max_pixels: int, min_long_side: int | None) -> DecodedImage:
+    """Decode at the smallest size whose longer side is still ``min_long_side`` or more (None: full size).
+
+    The reduction is by an integer factor (JPEG: 2, 4 or 8 in the decoder; others: a box filter), so
+    an image at most ``2 * min_long_side`` long is always decoded at full resolution.
+    """
+    with _opened(data, max_pixels) as (img, fmt):
+        width, height = img.size
+        orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+        full_size = (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+        factor = 1 if min_long_side is None else max(1, max(width, height) // max(min_long_side, 1))
+        if factor > 1 and fmt == "JPEG":
+            # The decoder picks the largest DCT scale that keeps both sides at least this big.
+            img.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+        img.load()
+        loaded: Image.Image = img
+        if factor > 1 and loaded.size == (width, height):
+            loaded = _box_reduce(loaded, factor)
+        rgb = _to_rgb(ImageOps.exif_transpose(loaded))
     array = np.asarray(rgb, dtype=np.uint8)
     if array.ndim != 3 or array.shape[2] != 3 or min(array.shape[:2]) < 1:
         raise ImageError("The image has no usable pixels.")
-    return np.ascontiguousarray(array)
+    return DecodedImage(np.ascontiguousarray(array), full_size)
+
+
+def _box_reduce(img: Image.Image, factor: int) -> Image.Image:
+    """Average ``factor`` x ``factor`` blocks; modes reduce() cannot average are flattened to RGB first."""
+    if img.mode not in ("L", "LA", "RGB", "RGBA"):
+        img = _to_rgb(img)
+    return img.reduce(factor)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

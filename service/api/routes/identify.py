@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, UploadFile
+from fastapi.exceptions import RequestValidationError
 
 from service.api.deps import CollectionDep, ServicesDep
 from service.api.problems import problem_responses
@@ -49,6 +50,17 @@ async def identify_faces(
     ] = None,
 ) -> IdentifyResponse:
     settings = services.settings
+    if top_k is not None and top_k > settings.max_top_k:
+        # FACES_MAX_TOP_K may lower the schema's bound of 100; reported like any other bad query value.
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", "top_k"),
+                    "msg": f"Input should be less than or equal to {settings.max_top_k}",
+                    "type": "less_than_equal",
+                }
+            ]
+        )
     data = await read_upload(image, settings.max_upload_bytes, strict=True)
     outcome = await identify(
         services.engine,
