@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list of: search,stages,pipeline,embed,accuracy,http,memory,calibrate,large_images,hostile",
+        help="comma list of: search,stages,pipeline,embed,accuracy,http,memory,calibrate,large_images,"
+        "hostile",
     )
     parser.add_argument("--full", action="store_true", help="1M rows and the LFW accuracy comparison")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
