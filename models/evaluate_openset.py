@@ -137,7 +137,7 @@ def embed_lfw(
         {
             "embedder": file_digest(args.model_dir / card.onnx_file),
             "detector": file_digest(args.model_dir / args.detector),
-            "input": card.input.model_dump(),
+            "input": [spec.model_dump() for spec in card.model_inputs],
             "score_threshold": args.score_threshold,
             "max_side": args.max_side,
             "min_side": args.min_side,
@@ -164,7 +164,7 @@ def embed_lfw(
         fallback = YuNetDetector(
             detector.session, score_threshold=FALLBACK_SCORE, max_side=args.max_side, min_side=args.min_side
         )
-        analyzer = FaceAnalyzer(detector, embedder.input_size, QualityConfig())
+        analyzer = FaceAnalyzer(detector, embedder.alignments, QualityConfig())
         by_path, methods_by_path = embed_images(paths, analyzer, fallback, embedder, args.batch_size)
         vectors = {str(p.relative_to(images_dir)): v for p, v in by_path.items()}
         methods = {str(p.relative_to(images_dir)): m for p, m in methods_by_path.items()}

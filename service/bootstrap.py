@@ -45,7 +45,7 @@ def load_face_models(settings: Settings) -> tuple[OnnxEmbedder, ModelCard, FaceA
     )
     analyzer = FaceAnalyzer(
         detector,
-        embedder.input_size,
+        embedder.alignments,  # one crop per model input, aligned as the card says
         QualityConfig(
             min_face_size_px=settings.min_face_size_px,
             min_detector_score=settings.min_detector_score,
@@ -62,7 +62,7 @@ def large_image_spec(settings: Settings, analyzer: FaceAnalyzer) -> AnalyzerSpec
         detector_path=settings.model_dir / settings.detector_model,
         score_threshold=settings.detector_score_threshold,
         detection_side=settings.detection_max_side,
-        crop_size=analyzer.crop_size,
+        alignments=analyzer.alignments,
         quality=analyzer.quality,
         cpu_graph_rewrites=settings.cpu_graph_rewrites,
     )

@@ -168,3 +168,11 @@ class ServerBusy(ServiceError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.extra.get("retry_after", 1))}
+
+
+class InvalidModelCard(ServiceError):
+    """The configured model card does not describe its ONNX graph (or names what this service lacks).
+
+    Raised at start-up, before anything is served; never reaches a client."""
+
+    code, status, title = "invalid_model_card", 500, "Invalid model card"

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from service.errors import ServerBusy
+from service.runtime.alignment import AlignmentTemplate
 from service.runtime.analyzer import AnalyzedFace, FaceAnalyzer
 from service.runtime.detector import load_detector
 from service.runtime.glibc import heap_trimmer
@@ -60,7 +61,7 @@ class AnalyzerSpec:
     detector_path: Path
     score_threshold: float
     detection_side: int
-    crop_size: tuple[int, int]
+    alignments: tuple[AlignmentTemplate, ...]  # one crop per model input, as the card says
     quality: QualityConfig
     cpu_graph_rewrites: bool = True
 
@@ -74,7 +75,7 @@ class AnalyzerSpec:
             self.detection_side,
             cpu_graph_rewrites=self.cpu_graph_rewrites,
         )
-        return FaceAnalyzer(detector, self.crop_size, self.quality, detection_side=self.detection_side)
+        return FaceAnalyzer(detector, self.alignments, self.quality, detection_side=self.detection_side)
 
 
 # The analyzer of a large-image worker process, built once by its initializer (a process pool's
