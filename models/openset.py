@@ -1,0 +1,355 @@
+"""Open-set identification on precomputed embeddings: rank-1, DIR@FPIR and the threshold per FPIR.
+
+The question a 1:N service must answer is not "are these two photos one person?" (verification) but
+"is this probe anyone in the gallery, and who?". Strangers must come back unknown, so the figures are:
+
+- **FPIR** (false-positive identification rate): the share of probes of people *not* in the gallery
+  whose closest enrolled subject is within the threshold (they would get a name).
+- **DIR** (detection-and-identification rate): the share of probes of people in the gallery whose
+  closest subject is the right one *and* within the threshold.
+- **rank-1**: DIR with no threshold (closed-set accuracy of the genuine probes).
+
+Protocol per (gallery size G, enrollment photos k) and seeded rotation r:
+
+- Known people: G people drawn (seeded) among those with at least k + 1 photos; k of their photos
+  (drawn) are enrolled, every other photo of theirs is a genuine probe.
+- Unknown probes: every photo of every person not drawn into the gallery (person-disjoint from the
+  gallery; which people are unknown changes with the rotation).
+- Scores: a probe's distance to a subject is the smallest d² to that subject's enrolled faces (as the
+  service ranks its candidates); the probe's answer is the closest subject.
+- G is capped to the people the data allows (``gallery_size`` < ``gallery_size_requested``,
+  ``capped`` true and the reason in the result).
+
+Distances are squared L2 between unit embeddings, d² = 2 − 2·cos in [0, 4]; a probe is accepted when
+d² <= threshold, exactly as the service's ``match``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+PROBE_CHUNK = 2048
+CURVE_FPIRS: tuple[float, ...] = tuple(float(f) for f in np.logspace(-4, 0, 33))
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSetSplit:
+    """One rotation: who is enrolled with which photos, and which photos probe."""
+
+    gallery_people: NDArray[np.int64]  # (G,) person ids, row order of ``enrolled``
+    enrolled: NDArray[np.int64]  # (G, k) image indices
+    genuine_probes: NDArray[np.int64]  # image indices of gallery people, not enrolled
+    unknown_probes: NDArray[np.int64]  # image indices of people outside the gallery
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeScores:
+    """Closest subject per probe: d² and whether it is the right person (genuine probes only)."""
+
+    genuine_best: NDArray[np.float64]
+    genuine_correct: NDArray[np.bool_]
+    unknown_best: NDArray[np.float64]
+
+
+def fpir_key(fpir: float) -> str:
+    return f"{fpir:g}"
+
+
+def threshold_at_fpir(impostor_best: NDArray[np.float64], fpir: float) -> float:
+    """The largest d² threshold (accept d² <= t) letting at most ``fpir`` of the impostor probes in.
+
+    ``impostor_best`` holds each unknown probe's distance to its closest enrolled subject. The cut sits
+    halfway between the last impostor distance allowed in and the first one kept out (ties stay out),
+    so the rate on these probes is <= ``fpir`` and new probes near the cut are treated symmetrically.
+    """
+    if not 0.0 <= fpir <= 1.0:
+        raise ValueError(f"fpir must be in [0, 1], got {fpir}")
+    u = np.sort(np.asarray(impostor_best, dtype=np.float64).ravel())
+    if u.size == 0:
+        raise ValueError("no impostor distances")
+    allowed = math.floor(fpir * u.size + 1e-9)
+    if allowed >= u.size:
+        return 4.0
+    cut = float(u[allowed])
+    below = u[:allowed][u[:allowed] < cut]
+    lower = float(below[-1]) if below.size else 0.0
+    if cut <= 0.0:
+        return 0.0
+    return float(np.clip((lower + cut) / 2.0, 0.0, 4.0))
+
+
+def fpir_at_threshold(impostor_best: NDArray[np.float64], threshold: float) -> float:
+    """Share of impostor probes whose closest subject is within ``threshold`` (d² <= threshold)."""
+    u = np.asarray(impostor_best, dtype=np.float64)
+    return float((u <= threshold).mean()) if u.size else float("nan")
+
+
+def dir_at_threshold(
+    genuine_best: NDArray[np.float64], genuine_correct: NDArray[np.bool_], threshold: float
+) -> float:
+    """Share of genuine probes whose closest subject is right and within ``threshold``."""
+    if genuine_best.size == 0:
+        return float("nan")
+    return float((genuine_correct & (genuine_best <= threshold)).mean())
+
+
+def eligible_people(labels: NDArray[np.int64], enroll_count: int) -> NDArray[np.int64]:
+    """People with at least ``enroll_count + 1`` photos (k to enroll, one or more to probe)."""
+    people, counts = np.unique(labels, return_counts=True)
+    return people[counts >= enroll_count + 1].astype(np.int64)
+
+
+def effective_gallery_size(
+    labels: NDArray[np.int64], gallery_size: int, enroll_count: int
+) -> tuple[int, str | None]:
+    """The gallery size the data allows, and why it was capped (None when it was not)."""
+    n_eligible = eligible_people(labels, enroll_count).size
+    n_people = np.unique(labels).size
+    # At least one person must stay outside the gallery to provide unknown probes.
+    limit = min(n_eligible, n_people - 1)
+    if limit < 1:
+        raise ValueError(f"no person has {enroll_count + 1} photos, or no one would be left unknown")
+    if gallery_size <= limit:
+        return gallery_size, None
+    if limit == n_eligible:
+        reason = f"only {n_eligible} people have >= {enroll_count + 1} photos"
+    else:
+        reason = f"only {n_people} people: one must stay unknown"
+    return limit, reason
+
+
+def rotation_split(
+    labels: NDArray[np.int64], gallery_size: int, enroll_count: int, seed: int, rotation: int
+) -> OpenSetSplit:
+    """The seeded split of one rotation (gallery size already capped by the caller)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    rng = np.random.default_rng([seed, rotation, gallery_size, enroll_count])
+    eligible = eligible_people(labels, enroll_count)
+    if gallery_size > eligible.size:
+        raise ValueError(f"gallery of {gallery_size} but only {eligible.size} eligible people")
+    gallery_people = np.sort(rng.choice(eligible, size=gallery_size, replace=False)).astype(np.int64)
+    in_gallery = np.isin(labels, gallery_people)
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, gallery_people, side="left")
+    ends = np.searchsorted(sorted_labels, gallery_people, side="right")
+    enrolled = np.empty((gallery_size, enroll_count), dtype=np.int64)
+    genuine: list[NDArray[np.int64]] = []
+    for row, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        photos = order[start:end]
+        picked = rng.permutation(photos.size)
+        enrolled[row] = np.sort(photos[picked[:enroll_count]])
+        genuine.append(photos[picked[enroll_count:]])
+    genuine_probes = np.sort(np.concatenate(genuine)) if genuine else np.empty(0, dtype=np.int64)
+    unknown_probes = np.flatnonzero(~in_gallery).astype(np.int64)
+    return OpenSetSplit(gallery_people, enrolled, genuine_probes.astype(np.int64), unknown_probes)
+
+
+def closest_subjects(
+    embeddings: NDArray[np.float32], enrolled: NDArray[np.int64], probes: NDArray[np.int64]
+) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """(d² to the closest subject, its row in ``enrolled``) for each probe; chunked matrix products."""
+    gallery_size, enroll_count = enrolled.shape
+    templates = np.ascontiguousarray(embeddings[enrolled.ravel()], dtype=np.float32)
+    best = np.empty(probes.size, dtype=np.float64)
+    rows = np.empty(probes.size, dtype=np.int64)
+    for start in range(0, probes.size, PROBE_CHUNK):
+        chunk = probes[start : start + PROBE_CHUNK]
+        cos = embeddings[chunk].astype(np.float32) @ templates.T
+        per_subject = cos.reshape(chunk.size, gallery_size, enroll_count).max(axis=2)
+        row = per_subject.argmax(axis=1)
+        rows[start : start + chunk.size] = row
+        nearest = per_subject[np.arange(chunk.size), row].astype(np.float64)
+        best[start : start + chunk.size] = np.clip(2.0 - 2.0 * nearest, 0.0, 4.0)
+    return best, rows
+
+
+def score_split(
+    embeddings: NDArray[np.float32], labels: NDArray[np.int64], split: OpenSetSplit
+) -> ProbeScores:
+    genuine_best, genuine_rows = closest_subjects(embeddings, split.enrolled, split.genuine_probes)
+    unknown_best, _ = closest_subjects(embeddings, split.enrolled, split.unknown_probes)
+    correct = split.gallery_people[genuine_rows] == labels[split.genuine_probes]
+    return ProbeScores(genuine_best, correct.astype(np.bool_), unknown_best)
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    array = np.asarray(values, dtype=np.float64)
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std()),
+        "per_rotation": [float(v) for v in array],
+    }
+
+
+def _check_inputs(
+    embeddings: NDArray[np.float32], labels: NDArray[np.int64]
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    if embeddings.ndim != 2 or labels.ndim != 1 or embeddings.shape[0] != labels.shape[0]:
+        raise ValueError("embeddings must be (N, D) and labels (N,)")
+    norms = np.linalg.norm(embeddings, axis=1)
+    if not np.allclose(norms, 1.0, atol=1e-3):
+        raise ValueError("embeddings must be L2-normalised rows")
+    return embeddings, labels
+
+
+def evaluate_openset(
+    embeddings: NDArray[np.float32],
+    labels: NDArray[np.int64],
+    *,
+    gallery_sizes: tuple[int, ...] = (100, 1000),
+    enroll_counts: tuple[int, ...] = (1, 5),
+    fpirs: tuple[float, ...] = (0.1, 0.01, 0.001),
+    rotations: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Rank-1, DIR@FPIR and the threshold per FPIR, mean ± std over seeded rotations (JSON-able).
+
+    ``heldout`` per configuration: each FPIR's threshold chosen on the pooled unknown probes of the
+    first half of the rotations (rounded up), then measured on each of the others, whose galleries
+    and unknown people differ (they overlap, as rotations of one data set do).
+    """
+    embeddings, labels = _check_inputs(embeddings, labels)
+    if rotations < 1:
+        raise ValueError("rotations must be >= 1")
+    n_choose = max(1, math.ceil(rotations / 2)) if rotations > 1 else 1
+    results: list[dict[str, Any]] = []
+    for gallery_requested in gallery_sizes:
+        for enroll_count in enroll_counts:
+            gallery_size, reason = effective_gallery_size(labels, gallery_requested, enroll_count)
+            scores: list[ProbeScores] = []
+            splits: list[OpenSetSplit] = []
+            for rotation in range(rotations):
+                split = rotation_split(labels, gallery_size, enroll_count, seed, rotation)
+                splits.append(split)
+                scores.append(score_split(embeddings, labels, split))
+            results.append(
+                _config_result(
+                    scores,
+                    splits,
+                    labels,
+                    gallery_requested=gallery_requested,
+                    gallery_size=gallery_size,
+                    cap_reason=reason,
+                    enroll_count=enroll_count,
+                    fpirs=fpirs,
+                    n_choose=n_choose,
+                )
+            )
+    return {
+        "protocol": "open-set identification: gallery of G people (k enrolled photos each, drawn among "
+        "people with >= k+1 photos; their other photos are genuine probes), unknown probes = every "
+        "photo of every person outside the gallery; per-subject distance = min d² over its enrolled "
+        "faces; accept when d² <= threshold",
+        "n_images": int(labels.size),
+        "n_people": int(np.unique(labels).size),
+        "embedding_dim": int(embeddings.shape[1]),
+        "rotations": rotations,
+        "seed": seed,
+        "fpirs": [float(f) for f in fpirs],
+        "results": results,
+    }
+
+
+def _config_result(
+    scores: list[ProbeScores],
+    splits: list[OpenSetSplit],
+    labels: NDArray[np.int64],
+    *,
+    gallery_requested: int,
+    gallery_size: int,
+    cap_reason: str | None,
+    enroll_count: int,
+    fpirs: tuple[float, ...],
+    n_choose: int,
+) -> dict[str, Any]:
+    rank1 = [dir_at_threshold(s.genuine_best, s.genuine_correct, 4.0) for s in scores]
+    dirs: dict[str, dict[str, Any]] = {}
+    thresholds: dict[str, dict[str, Any]] = {}
+    achieved: dict[str, dict[str, Any]] = {}
+    for fpir in fpirs:
+        per_rotation_t = [threshold_at_fpir(s.unknown_best, fpir) for s in scores]
+        thresholds[fpir_key(fpir)] = _summary(per_rotation_t)
+        dirs[fpir_key(fpir)] = _summary(
+            [
+                dir_at_threshold(s.genuine_best, s.genuine_correct, t)
+                for s, t in zip(scores, per_rotation_t, strict=True)
+            ]
+        )
+        achieved[fpir_key(fpir)] = _summary(
+            [fpir_at_threshold(s.unknown_best, t) for s, t in zip(scores, per_rotation_t, strict=True)]
+        )
+
+    curve_dir: list[list[float]] = []
+    curve_t: list[list[float]] = []
+    for s in scores:
+        ts = [threshold_at_fpir(s.unknown_best, f) for f in CURVE_FPIRS]
+        curve_t.append(ts)
+        curve_dir.append([dir_at_threshold(s.genuine_best, s.genuine_correct, t) for t in ts])
+    curve_dir_array = np.asarray(curve_dir)
+
+    heldout: dict[str, Any] = {}
+    choose = list(range(n_choose))
+    measure = list(range(n_choose, len(scores)))
+    if measure:
+        pooled = np.concatenate([scores[r].unknown_best for r in choose])
+        heldout = {"choose_rotations": choose, "measure_rotations": measure}
+        for fpir in fpirs:
+            threshold = threshold_at_fpir(pooled, fpir)
+            measured = [fpir_at_threshold(scores[r].unknown_best, threshold) for r in measure]
+            heldout[fpir_key(fpir)] = {
+                "threshold": threshold,
+                "fpir_measured": _summary(measured),
+                "ratio_to_target": float(np.mean(measured) / fpir) if fpir > 0 else None,
+                "dir_measured": _summary(
+                    [
+                        dir_at_threshold(scores[r].genuine_best, scores[r].genuine_correct, threshold)
+                        for r in measure
+                    ]
+                ),
+            }
+
+    genuine_counts = [s.genuine_best.size for s in scores]
+    unknown_counts = [s.unknown_best.size for s in scores]
+    unknown_people = [int(np.unique(labels[sp.unknown_probes]).size) for sp in splits]
+    return {
+        "gallery_size_requested": gallery_requested,
+        "gallery_size": gallery_size,
+        "capped": cap_reason is not None,
+        "cap_reason": cap_reason,
+        "enroll_count": enroll_count,
+        "eligible_people": int(eligible_people(labels, enroll_count).size),
+        "gallery_faces": gallery_size * enroll_count,
+        "genuine_probes": _summary([float(c) for c in genuine_counts]),
+        "unknown_probes": _summary([float(c) for c in unknown_counts]),
+        "unknown_people": _summary([float(c) for c in unknown_people]),
+        "rank1": _summary(rank1),
+        "dir_at_fpir": dirs,
+        "threshold_at_fpir": thresholds,
+        "fpir_achieved": achieved,
+        "heldout": heldout,
+        "curve": {
+            "fpir": list(CURVE_FPIRS),
+            "dir_mean": [float(v) for v in curve_dir_array.mean(axis=0)],
+            "dir_std": [float(v) for v in curve_dir_array.std(axis=0)],
+            "threshold_mean": [float(v) for v in np.asarray(curve_t).mean(axis=0)],
+        },
+    }
+
+
+def find_config(report: dict[str, Any], gallery_size_requested: int, enroll_count: int) -> dict[str, Any]:
+    """The result block of one (requested gallery size, enrollment count) of ``evaluate_openset``."""
+    for block in report["results"]:
+        if (
+            block["gallery_size_requested"] == gallery_size_requested
+            and block["enroll_count"] == enroll_count
+        ):
+            return dict(block)
+    raise KeyError(f"no result for gallery {gallery_size_requested}, {enroll_count} enrolled")
