@@ -38,6 +38,7 @@ from models.train.reducers import AvgNonZeroReducer, MeanReducer
 LossName = Literal["semihard", "batch_hard", "batch_all", "lifted", "softmax_ratio"]
 LOSS_NAMES: tuple[LossName, ...] = ("semihard", "batch_hard", "batch_all", "lifted", "softmax_ratio")
 FUSED_DIM = 128
+logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -72,10 +73,12 @@ def score_fusion_weights(parts: Sequence[NDArray[np.float32]]) -> list[float]:
 
 
 def pca_axes(features: NDArray[np.float32], dim: int) -> NDArray[np.float32]:
-    """(dim, D) top principal axes of the centred rows (distances ignore the centre)."""
-    centred = features.astype(np.float64) - features.astype(np.float64).mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    return np.ascontiguousarray(vt[:dim], dtype=np.float32)
+    """(dim, D) top principal axes of the centred rows (distances ignore the centre), from the D×D
+    covariance so that there are always D axes, even with fewer rows than dimensions."""
+    x = features.astype(np.float64)
+    centred = x - x.mean(axis=0)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    return np.ascontiguousarray(vectors[:, ::-1][:, :dim].T, dtype=np.float32)
 
 
 class FusionProjection(nn.Module):
@@ -201,7 +204,7 @@ def train_fusion(
         schedule.step()
         trained.losses.append(float(loss.detach()))
         if progress and step % 250 == 0:
-            print(f"step {step:5d} loss {trained.losses[-1]:.4f}")
+            logger.info("step %5d loss %.4f", step, trained.losses[-1])
     model.eval()
     return trained
 

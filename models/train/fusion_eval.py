@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import json
 import logging
 import time
@@ -33,6 +32,7 @@ from models.lfw import (
     roc_auc,
     tar_at_far,
 )
+from models.openset import evaluate_openset
 from models.train.fusion import (
     FusionConfig,
     TrainedFusion,
@@ -225,21 +225,40 @@ def evaluate_variants(
     return results
 
 
-def load_openset() -> OpenSet | None:
-    """``models.openset.evaluate_openset`` when it is there (issue 10), else no open-set figures."""
-    try:
-        openset = importlib.import_module("models.openset")
-    except ImportError:
-        logger.warning("models.openset is missing: open-set figures skipped")
-        return None
+OPENSET_PROTOCOL = (
+    "models.openset.evaluate_openset defaults on all images of the held-out half's people: galleries of "
+    "100 and 1000 people (capped to those with enough photos), 1 or 5 photos enrolled each, every photo "
+    "of everyone else an unknown probe, 5 seeded rotations; figures g<G>_k<k>_*, the unprefixed ones "
+    "are G=100, k=1; averaged over the two halves"
+)
+PRIMARY_OPENSET = (100, 1)  # (gallery people requested, photos enrolled each): the summary's columns
 
-    def run(embeddings: NDArray[np.float32], labels: NDArray[np.int64]) -> dict[str, Any]:
-        result = openset.evaluate_openset(embeddings, labels)
-        as_dict = getattr(result, "to_dict", None)
-        out: dict[str, Any] = as_dict() if callable(as_dict) else dict(result)
-        return out
 
-    return run
+def run_openset(embeddings: NDArray[np.float32], labels: NDArray[np.int64]) -> dict[str, Any]:
+    """``models.openset.evaluate_openset`` with its defaults (galleries of 100 and 1000, 1 or 5 photos)."""
+    return evaluate_openset(embeddings, labels)
+
+
+def openset_headline(report: dict[str, Any]) -> dict[str, float]:
+    """Flat figures per configuration (``g<G>_k<k>_...``); the primary one also without a prefix."""
+    out: dict[str, float] = {}
+    for block in report.get("results", []):
+        prefix = f"g{block['gallery_size_requested']}_k{block['enroll_count']}_"
+        figures = {
+            "rank1": block["rank1"]["mean"],
+            "dir_at_fpir_1": block["dir_at_fpir"]["0.01"]["mean"],
+            "dir_at_fpir_10": block["dir_at_fpir"]["0.1"]["mean"],
+            "gallery_size": float(block["gallery_size"]),
+        }
+        heldout = block.get("heldout", {}).get("0.01")
+        if heldout:
+            figures["dir_at_fpir_1_heldout_threshold"] = heldout["dir_measured"]["mean"]
+            figures["fpir_1_heldout_measured"] = heldout["fpir_measured"]["mean"]
+        for key, value in figures.items():
+            out[prefix + key] = float(value)
+        if (block["gallery_size_requested"], block["enroll_count"]) == PRIMARY_OPENSET:
+            out.update({key: float(value) for key, value in figures.items()})
+    return out
 
 
 def build_variants(args: argparse.Namespace, pairs: list[LfwPair], backbones: list[str]) -> list[Variant]:
@@ -312,10 +331,11 @@ def summary_table(results: dict[str, Any]) -> str:
 def run_heldout(args: argparse.Namespace, data: LfwEmbeddings, command: str) -> int:
     pairs = read_pairs(args.lfw_dir / "pairs.txt", args.lfw_dir / "images")
     variants = build_variants(args, pairs, data.backbones)
-    openset = load_openset()
-    results = evaluate_variants(data, pairs, variants, openset)
+    results = evaluate_variants(data, pairs, variants, run_openset)
     for result in results.values():
-        result["openset_mean"] = mean_openset([h.get("openset", {}) for h in result["halves"]])
+        for half in result["halves"]:
+            half["openset"] = openset_headline(half["openset"])
+        result["openset_mean"] = mean_openset([h["openset"] for h in result["halves"]])
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "protocol": __doc__,
@@ -323,6 +343,7 @@ def run_heldout(args: argparse.Namespace, data: LfwEmbeddings, command: str) -> 
         "backbones": data.backbones,
         "images": len(data.faces.names),
         "face_choice": {m: data.faces.methods.count(m) for m in sorted(set(data.faces.methods))},
+        "openset_protocol": OPENSET_PROTOCOL,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "results": results,
     }
