@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
 from models.lfw import LfwPair, evaluate_verification, plot_histogram, plot_roc, read_pairs
-from service.runtime.alignment import ALIGN_INTERPOLATION, align_face
+from service.runtime.alignment import AlignmentTemplate
 from service.runtime.analyzer import AnalyzedFace, FaceAnalyzer
 from service.runtime.detector import YuNetDetector, load_detector
 from service.runtime.embedder import OnnxEmbedder, load_embedder
@@ -75,6 +76,11 @@ def choose_face(image: NDArray[np.uint8], analyzer: FaceAnalyzer, fallback: YuNe
     return FaceChoice(None, "median_landmarks", 0)
 
 
+def alignment_label(alignment: AlignmentTemplate) -> str:
+    names = {cv2.INTER_CUBIC: "bicubic", cv2.INTER_LINEAR: "bilinear"}
+    return f"{alignment.name}, {names.get(alignment.interpolation, str(alignment.interpolation))}"
+
+
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -89,13 +95,15 @@ def embed_images(
     """Choose a face per image and embed aligned crops in batches, streaming (LFW never sits in memory)."""
     embeddings: dict[Path, NDArray[np.float32]] = {}
     methods: dict[Path, str] = {}
-    pending: list[tuple[Path, NDArray[np.uint8]]] = []
+    pending: list[tuple[Path, tuple[NDArray[np.uint8], ...]]] = []
     faceless: dict[Path, NDArray[np.uint8]] = {}
     found: list[NDArray[np.float32]] = []
 
     def flush() -> None:
         if pending:
-            vectors = embedder.embed(np.stack([crop for _, crop in pending]))
+            # one array per model input (the card's alignments), rows in ``pending`` order
+            per_input = zip(*(crops for _, crops in pending), strict=True)
+            vectors = embedder.embed(tuple(np.stack(crops) for crops in per_input))
             embeddings.update(zip([path for path, _ in pending], vectors, strict=True))
             pending.clear()
 
@@ -107,7 +115,7 @@ def embed_images(
             faceless[path] = image
             continue
         found.append(choice.landmarks)
-        pending.append((path, align_face(image, choice.landmarks, embedder.input_size)))
+        pending.append((path, analyzer.align(image, choice.landmarks)))
         if len(pending) >= batch_size:
             flush()
     if faceless:
@@ -116,7 +124,7 @@ def embed_images(
         median = np.median(np.stack(found), axis=0).astype(np.float32)
         logger.warning("%d images without any detection: median landmarks used", len(faceless))
         for path, image in faceless.items():
-            pending.append((path, align_face(image, median, embedder.input_size)))
+            pending.append((path, analyzer.align(image, median)))
     flush()
     return embeddings, methods
 
@@ -203,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     fallback = YuNetDetector(
         detector.session, score_threshold=FALLBACK_SCORE, max_side=args.max_side, min_side=args.min_side
     )
-    analyzer = FaceAnalyzer(detector, embedder.input_size, QualityConfig())
+    analyzer = FaceAnalyzer(detector, embedder.alignments, QualityConfig())
 
     images_dir = args.lfw_dir / "images"
     paths = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
@@ -211,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         {
             "embedder": file_digest(args.model_dir / card.onnx_file),
             "detector": file_digest(args.model_dir / args.detector),
-            "input": card.input.model_dump(),
+            "input": [spec.model_dump() for spec in card.model_inputs],
             "score_threshold": args.score_threshold,
             "max_side": args.max_side,
             "min_side": args.min_side,
-            "align_interpolation": ALIGN_INTERPOLATION,
+            "align_interpolation": [a.interpolation for a in embedder.alignments],
             "method": "centre_face/low_score_face/median_landmarks v1",
         },
         sort_keys=True,
@@ -248,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": f"LFW View 2 {args.pairs}: {report.n_pairs} pairs, 10 person-disjoint folds",
         "pipeline": f"decode_image -> YuNet (score >= {args.score_threshold:.2f}, max side {args.max_side}, "
         f"min side {args.min_side}) "
-        f"-> face nearest the centre -> ArcFace 5-point similarity alignment (bicubic) -> {card.name}",
+        f"-> face nearest the centre -> 5-point similarity alignment "
+        f"({', '.join(alignment_label(a) for a in embedder.alignments)}) -> {card.name}",
         "images": len(paths),
         "face_choice": method_counts,
         "provider": active_provider(embedder.session),

@@ -40,7 +40,7 @@ def load_face_models(settings: Settings) -> tuple[OnnxEmbedder, ModelCard, FaceA
     )
     analyzer = FaceAnalyzer(
         detector,
-        embedder.input_size,
+        embedder.alignments,  # one crop per model input, aligned as the card says
         QualityConfig(
             min_face_size_px=settings.min_face_size_px,
             min_detector_score=settings.min_detector_score,

@@ -108,3 +108,11 @@ class Forbidden(ServiceError):
 
 class NotReady(ServiceError):
     code, status, title = "not_ready", 503, "Service not ready"
+
+
+class InvalidModelCard(ServiceError):
+    """The configured model card does not describe its ONNX graph (or names what this service lacks).
+
+    Raised at start-up, before anything is served; never reaches a client."""
+
+    code, status, title = "invalid_model_card", 500, "Invalid model card"

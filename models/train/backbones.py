@@ -102,7 +102,7 @@ def build_model(config: TrainConfig) -> tuple[EmbeddingNet, InputSpec]:
         raise ValueError(f"{onnx_path.name} gives {card.embedding_dim}-d embeddings, not {EMBEDDING_DIM}")
     # SFace already ends in its own linear projection to 128-d (Gemm + BatchNorm, "fc1"): keeping it
     # keeps the pretrained embedding, so the head here is the identity before normalisation.
-    spec = card.input.model_copy(update={"input_name": INPUT_NAME, "output_name": OUTPUT_NAME})
+    spec = card.single_input.model_copy(update={"input_name": INPUT_NAME, "output_name": OUTPUT_NAME})
     return EmbeddingNet(load_onnx_module(onnx_path), nn.Identity()), spec
 
 

@@ -93,7 +93,11 @@ class FaceEngine:
     async def embed(self, faces: list[AnalyzedFace]) -> list[EmbeddedFace]:
         if not faces:
             return []
-        crops = np.ascontiguousarray(np.stack([face.crop for face in faces]))
+        # One array per model input: the i-th crop of every face.
+        crops = tuple(
+            np.ascontiguousarray(np.stack(per_input))
+            for per_input in zip(*(f.crops for f in faces), strict=True)
+        )
         vectors = await self._batcher.embed(crops)
         return [EmbeddedFace(face, vectors[i]) for i, face in enumerate(faces)]
 

@@ -18,16 +18,24 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from service.runtime.types import Embedder, Embeddings
+from service.runtime.types import CropBatch, Embedder, Embeddings, crop_arrays
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class _Pending:
-    crops: NDArray[np.uint8]
+    crops: tuple[NDArray[np.uint8], ...]  # one array per model input, same number of faces
     future: asyncio.Future[Embeddings]
     enqueued: float = field(default_factory=time.perf_counter)
+
+    def __len__(self) -> int:
+        return len(self.crops[0])
+
+
+def _model_batch(crops: tuple[NDArray[np.uint8], ...]) -> CropBatch:
+    """A one-input model gets its bare array, a several-input one the tuple."""
+    return crops[0] if len(crops) == 1 else crops
 
 
 class EmbeddingBatcher:
@@ -74,18 +82,20 @@ class EmbeddingBatcher:
                     pending.future.set_exception(RuntimeError("embedding batcher stopped"))
         self._executor.shutdown(wait=True)
 
-    async def embed(self, crops: NDArray[np.uint8]) -> Embeddings:
-        """(N, H, W, 3) aligned crops → (N, dim) unit vectors."""
-        if len(crops) == 0:
+    async def embed(self, crops: CropBatch) -> Embeddings:
+        """(N, H, W, 3) aligned crops, one array per model input → (N, dim) unit vectors."""
+        arrays = crop_arrays(crops)
+        count = len(arrays[0])
+        if count == 0:
             return np.empty((0, self._embedder.dim), dtype=np.float32)
         loop = asyncio.get_running_loop()
         if not self.enabled or self._queue is None:
-            result = await loop.run_in_executor(self._executor, self._embedder.embed, crops)
+            result = await loop.run_in_executor(self._executor, self._embedder.embed, _model_batch(arrays))
             if self._on_batch is not None:
-                self._on_batch(len(crops))
+                self._on_batch(count)
             return result
         future: asyncio.Future[Embeddings] = loop.create_future()
-        await self._queue.put(_Pending(crops, future))
+        await self._queue.put(_Pending(arrays, future))
         return await future
 
     async def _run(self) -> None:
@@ -94,7 +104,7 @@ class EmbeddingBatcher:
         while True:
             first = await self._queue.get()
             batch = [first]
-            size = len(first.crops)
+            size = len(first)
             deadline = loop.time() + self._max_wait
             while size < self._max_batch:
                 # Poll rather than wait_for(queue.get()): a timed-out get may swallow an item on 3.11.
@@ -107,24 +117,30 @@ class EmbeddingBatcher:
                     await asyncio.sleep(min(remaining, 0.0005))
                     continue
                 batch.append(item)
-                size += len(item.crops)
+                size += len(item)
             await self._embed_batch(loop, batch)
 
     async def _embed_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
-        crops = np.concatenate([item.crops for item in batch]) if len(batch) > 1 else batch[0].crops
+        if len(batch) == 1:
+            crops = batch[0].crops
+        else:  # input by input: the i-th array of every request, stacked
+            crops = tuple(
+                np.concatenate(arrays) for arrays in zip(*(item.crops for item in batch), strict=True)
+            )
+        total = len(crops[0])
         try:
-            vectors = await loop.run_in_executor(self._executor, self._embedder.embed, crops)
+            vectors = await loop.run_in_executor(self._executor, self._embedder.embed, _model_batch(crops))
         except Exception as exc:  # one failed model call fails its requests, not the worker
-            logger.exception("embedding batch of %d failed", len(crops))
+            logger.exception("embedding batch of %d failed", total)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
         if self._on_batch is not None:
-            self._on_batch(len(crops))
+            self._on_batch(total)
         offset = 0
         for item in batch:
-            n = len(item.crops)
+            n = len(item)
             if not item.future.done():
                 item.future.set_result(np.ascontiguousarray(vectors[offset : offset + n]))
             offset += n

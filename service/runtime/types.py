@@ -5,6 +5,7 @@ Images are always RGB ``uint8`` arrays of shape (H, W, 3), C-contiguous.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -13,6 +14,20 @@ from numpy.typing import NDArray
 
 RGBImage = NDArray[np.uint8]
 Embeddings = NDArray[np.float32]
+# Aligned crops for an embedder: one (N, H, W, 3) uint8 array per model input, rows = faces. A
+# one-input model also takes the bare array.
+CropBatch = NDArray[np.uint8] | Sequence[NDArray[np.uint8]]
+
+
+def crop_arrays(crops: CropBatch) -> tuple[NDArray[np.uint8], ...]:
+    """A CropBatch as one array per input, checked to hold the same number of faces."""
+    arrays = (crops,) if isinstance(crops, np.ndarray) else tuple(crops)
+    if not arrays:
+        raise ValueError("no crop arrays given")
+    counts = {len(a) for a in arrays}
+    if len(counts) != 1:
+        raise ValueError(f"crop arrays of one batch hold different face counts: {[len(a) for a in arrays]}")
+    return arrays
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +67,7 @@ class Embedder(Protocol):
         """(width, height) of the aligned crop the model expects."""
         ...
 
-    def embed(self, crops: NDArray[np.uint8]) -> Embeddings:
-        """(N, H, W, 3) RGB uint8 aligned crops → (N, dim) float32, unit L2 norm, C-contiguous."""
+    def embed(self, crops: CropBatch) -> Embeddings:
+        """(N, H, W, 3) RGB uint8 aligned crops (one array per model input) → (N, dim) float32,
+        unit L2 norm, C-contiguous."""
         ...
