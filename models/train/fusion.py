@@ -126,10 +126,10 @@ def build_loss(name: LossName, margin: float) -> EmbeddingLoss:
 class FusionConfig:
     loss: LossName = "semihard"
     margin: float = 0.2
-    steps: int = 1500
+    steps: int = 300
     identities_per_batch: int = 64
     images_per_identity: int = 4
-    lr: float = 1e-3
+    lr: float = 1e-4
     weight_decay: float = 0.0
     hidden: int = 0  # 0: linear projection; >0: residual MLP with this many hidden units
     flip_probability: float = 0.5
@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     from models.train.fusion_data import LANDMARKS_FILE, load_embeddings, load_faces
 
     args = parse_args(argv)
+    # The matrices are small: one thread is faster than contending for the cores.
+    torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     raw = sys.argv[1:] if argv is None else argv
     command = "python -m models.train.fusion " + shlex.join(raw)

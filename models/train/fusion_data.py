@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from tqdm import tqdm
 
 from models.evaluate_lfw import DEFAULT_LFW_DIR, FALLBACK_SCORE, MAX_PIXELS, choose_face, file_digest
+from service.runtime.alignment import get_alignment
 from service.runtime.analyzer import FaceAnalyzer
 from service.runtime.detector import YuNetDetector, load_detector
 from service.runtime.embedder import OnnxEmbedder, load_embedder
@@ -169,21 +170,14 @@ def load_embeddings(path: Path) -> BackboneEmbeddings:
 
 def aligner_for(template: str) -> Aligner:
     """The service's alignment for a card's template name (the named templates live in the service)."""
-    from service.runtime import alignment
+    alignment = get_alignment(template)
 
-    by_name = getattr(alignment, "align_face_with", None)
-    if by_name is not None:
+    def align(
+        image: NDArray[np.uint8], landmarks: NDArray[np.float32], size: tuple[int, int]
+    ) -> NDArray[np.uint8]:
+        return alignment.align(image, landmarks, size)
 
-        def align_named(
-            image: NDArray[np.uint8], landmarks: NDArray[np.float32], size: tuple[int, int]
-        ) -> NDArray[np.uint8]:
-            crop: NDArray[np.uint8] = by_name(image, landmarks, template, size)
-            return crop
-
-        return align_named
-    if template != "arcface_5pt_112":
-        raise ValueError(f"alignment template {template!r} is not available in service.runtime.alignment")
-    return alignment.align_face
+    return align
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -220,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     faces = load_faces(landmarks_path)
     embedder, card = load_embedder(args.model_dir, args.card, "cpu", args.threads)
-    embeddings = embed_faces(images_dir, faces, embedder, aligner_for(card.alignment), args.batch_size)
-    key = json.dumps({"model": file_digest(args.model_dir / card.onnx_file), "alignment": card.alignment})
+    alignment = card.model_inputs[0].alignment
+    embeddings = embed_faces(images_dir, faces, embedder, aligner_for(alignment), args.batch_size)
+    key = json.dumps({"model": file_digest(args.model_dir / card.onnx_file), "alignment": alignment})
     out = args.out / f"{args.backbone}.npz"
     save_embeddings(out, embeddings, key)
     print(f"{len(faces.names)} images × 2 (plain, flipped), {embeddings.plain.shape[1]}-d -> {out}")

@@ -179,7 +179,7 @@ def make_card(
     for backbone in backbones:
         spec = dict(backbone.input_spec)
         spec["input_name"] = f"{backbone.name}_{backbone.input_name}"
-        spec["output_name"] = OUTPUT_NAME
+        spec.pop("output_name", None)
         spec["alignment"] = backbone.alignment
         inputs.append(spec)
     return {
