@@ -145,6 +145,19 @@ def _accuracy(report: Report) -> Iterator[Row]:
         yield "LFW 10-fold accuracy, same 6000 pairs", text, report.command
 
 
+def _calibrate(report: Report) -> Iterator[Row]:
+    cases = report.raw.get("cases", [])
+    if not cases:
+        return
+    sizes = _per_case(cases, lambda c: fmt_count(c["faces"]))
+    seconds = _per_case(cases, lambda c: fmt(c["endpoint_best_s"]))
+    text = (
+        f"{seconds} s (leave-one-subject-out over at most {max(c['probes'] for c in cases)} sampled probes, "
+        "embeddings read from SQLite included)"
+    )
+    yield f"calibrate a collection's identify threshold at {sizes} faces", text, report.command
+
+
 ROWS: list[tuple[str, Callable[[Report], Iterator[Row]]]] = [
     ("bench_embed", _embed),
     ("bench_http", _http),
@@ -153,6 +166,7 @@ ROWS: list[tuple[str, Callable[[Report], Iterator[Row]]]] = [
     ("bench_search", _search),
     ("bench_memory", _memory),
     ("bench_accuracy", _accuracy),
+    ("bench_calibrate", _calibrate),
 ]
 
 

@@ -33,8 +33,9 @@ ORDER = [
     "bench_accuracy",
     "bench_http",
     "bench_memory",
+    "bench_calibrate",
 ]
-DEFAULT = ["search", "stages", "pipeline", "embed", "http", "memory"]
+DEFAULT = ["search", "stages", "pipeline", "embed", "http", "memory", "calibrate"]
 TITLES = {
     "bench_search": "Identify search (exact FAISS flat scan)",
     "bench_stages": "Identify request, stage by stage",
@@ -43,6 +44,7 @@ TITLES = {
     "bench_accuracy": "LFW accuracy vs face_recognition (dlib)",
     "bench_http": "HTTP load (uvicorn + locust)",
     "bench_memory": "Service memory",
+    "bench_calibrate": "Self-calibration of a collection's identify threshold",
 }
 
 
@@ -50,7 +52,7 @@ def bench_argv(name: str, args: argparse.Namespace) -> list[str]:
     if name == "pipeline":  # the faces helper's script speaks ONNX Runtime provider names
         return ["--provider", "cuda" if args.device == "gpu" else "cpu"]
     argv = ["--device", args.device] if name in ("search", "embed", "http", "memory") else []
-    if args.full and name in ("search", "stages", "memory"):
+    if args.full and name in ("search", "stages", "memory", "calibrate"):
         argv.append("--full")
     return argv
 
@@ -204,6 +206,16 @@ def _memory(raw: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _calibrate(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (
+            f"calibrate at {fmt_count(c['faces'])} faces",
+            f"{fmt(c['endpoint_best_s'])} s ({c['probes']} probes; reading embeddings {fmt(c['load_s'])} s)",
+        )
+        for c in raw.get("cases", [])
+    ]
+
+
 HEADLINES: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "bench_search": _search,
     "bench_stages": _stages,
@@ -212,6 +224,7 @@ HEADLINES: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "bench_accuracy": _accuracy,
     "bench_http": _http,
     "bench_memory": _memory,
+    "bench_calibrate": _calibrate,
 }
 
 
@@ -321,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--only", default="", help="comma list of: search,stages,pipeline,embed,accuracy,http,memory"
+        "--only",
+        default="",
+        help="comma list of: search,stages,pipeline,embed,accuracy,http,memory,calibrate",
     )
     parser.add_argument("--full", action="store_true", help="1M rows and the LFW accuracy comparison")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")

@@ -33,6 +33,22 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from service.domain.fpir import threshold_at_fpir
+
+__all__ = [
+    "OpenSetSplit",
+    "ProbeScores",
+    "dir_at_threshold",
+    "effective_gallery_size",
+    "evaluate_openset",
+    "find_config",
+    "fpir_at_threshold",
+    "person_disjoint_check",
+    "rotation_split",
+    "score_split",
+    "threshold_at_fpir",
+]
+
 PROBE_CHUNK = 2048
 CURVE_FPIRS: tuple[float, ...] = tuple(float(f) for f in np.logspace(-4, 0, 33))
 
@@ -58,29 +74,6 @@ class ProbeScores:
 
 def fpir_key(fpir: float) -> str:
     return f"{fpir:g}"
-
-
-def threshold_at_fpir(impostor_best: NDArray[np.float64], fpir: float) -> float:
-    """The largest d² threshold (accept d² <= t) letting at most ``fpir`` of the impostor probes in.
-
-    ``impostor_best`` holds each unknown probe's distance to its closest enrolled subject. The cut sits
-    halfway between the last impostor distance allowed in and the first one kept out (ties stay out),
-    so the rate on these probes is <= ``fpir`` and new probes near the cut are treated symmetrically.
-    """
-    if not 0.0 <= fpir <= 1.0:
-        raise ValueError(f"fpir must be in [0, 1], got {fpir}")
-    u = np.sort(np.asarray(impostor_best, dtype=np.float64).ravel())
-    if u.size == 0:
-        raise ValueError("no impostor distances")
-    allowed = math.floor(fpir * u.size + 1e-9)
-    if allowed >= u.size:
-        return 4.0
-    cut = float(u[allowed])
-    below = u[:allowed][u[:allowed] < cut]
-    lower = float(below[-1]) if below.size else 0.0
-    if cut <= 0.0:
-        return 0.0
-    return float(np.clip((lower + cut) / 2.0, 0.0, 4.0))
 
 
 def fpir_at_threshold(impostor_best: NDArray[np.float64], threshold: float) -> float:
@@ -353,3 +346,67 @@ def find_config(report: dict[str, Any], gallery_size_requested: int, enroll_coun
         ):
             return dict(block)
     raise KeyError(f"no result for gallery {gallery_size_requested}, {enroll_count} enrolled")
+
+
+def person_disjoint_check(
+    embeddings: NDArray[np.float32],
+    labels: NDArray[np.int64],
+    *,
+    gallery_size: int,
+    enroll_count: int,
+    target_fpir: float,
+    rotations: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The threshold for ``target_fpir`` chosen on one half of the people, its FPIR measured on the other.
+
+    People are split in two seeded halves; in each half, galleries of ``gallery_size`` people (capped
+    to what both halves allow) are drawn over ``rotations``. The threshold is chosen on the pooled
+    unknown probes of one half and its FPIR measured on the other half's rotations, both ways round:
+    no person, gallery or unknown probe is shared between choosing and measuring.
+    """
+    embeddings, labels = _check_inputs(embeddings, labels)
+    people = np.unique(labels)
+    shuffled = np.random.default_rng([seed, 7919]).permutation(people)
+    halves = [np.sort(shuffled[: people.size // 2]), np.sort(shuffled[people.size // 2 :])]
+    parts = [np.flatnonzero(np.isin(labels, half)) for half in halves]
+    size = min(effective_gallery_size(labels[part], gallery_size, enroll_count)[0] for part in parts)
+    unknown: list[list[NDArray[np.float64]]] = []
+    for part in parts:
+        sub_embeddings, sub_labels = embeddings[part], labels[part]
+        unknown.append(
+            [
+                score_split(
+                    sub_embeddings,
+                    sub_labels,
+                    rotation_split(sub_labels, size, enroll_count, seed, rotation),
+                ).unknown_best
+                for rotation in range(rotations)
+            ]
+        )
+    directions: list[dict[str, Any]] = []
+    ratios: list[float] = []
+    for choose, measure in ((0, 1), (1, 0)):
+        threshold = threshold_at_fpir(np.concatenate(unknown[choose]), target_fpir)
+        measured = [fpir_at_threshold(u, threshold) for u in unknown[measure]]
+        ratios.append(float(np.mean(measured) / target_fpir))
+        directions.append(
+            {
+                "chosen_on_half": choose,
+                "measured_on_half": measure,
+                "threshold": threshold,
+                "fpir_measured": _summary(measured),
+                "ratio_to_target": ratios[-1],
+            }
+        )
+    return {
+        "gallery_size_requested": gallery_size,
+        "gallery_size": size,
+        "enroll_count": enroll_count,
+        "target_fpir": target_fpir,
+        "people_per_half": [int(h.size) for h in halves],
+        "rotations": rotations,
+        "directions": directions,
+        # how far the worse direction is from the target, as a factor (1.0: exactly on target)
+        "worst_factor_off_target": max(max(r, 1.0 / max(r, 1e-12)) for r in ratios),
+    }

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 
 from service.api.deps import KeyRing, Services
+from service.domain.calibration import CalibrationSlot
 from service.domain.faces import FaceEngine
 from service.domain.gallery import Gallery
+from service.domain.thresholds import ThresholdPolicy
 from service.index.faiss_index import IndexRegistry
 from service.observability import Metrics
 from service.runtime.analyzer import FaceAnalyzer
@@ -61,11 +63,15 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         max_wait_ms=settings.batch_max_wait_ms,
         on_batch=metrics.record_batch,
     )
-    threshold = settings.default_threshold if settings.default_threshold is not None else card.threshold
+    thresholds = ThresholdPolicy.build(
+        card,
+        verify_override=settings.default_threshold,
+        identify_override=settings.default_identify_threshold,
+    )
     engine = FaceEngine(
         analyzer,
         batcher,
-        default_threshold=threshold,
+        default_threshold=thresholds.verify_default.value,
         max_image_pixels=settings.max_image_pixels,
         on_faces=metrics.faces_detected.inc,
     )
@@ -80,7 +86,14 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     indexes.load_all([c.pk for c in store.list_collections()])
     gallery = Gallery(store, indexes)
     metrics.watch_index(gallery.index_sizes_by_name)
-    logger.info("default threshold %.3f (squared L2); store %s", threshold, store.dialect)
+    logger.info(
+        "default thresholds (squared L2): verify %.4f (%s), identify %.4f (%s); store %s",
+        thresholds.verify_default.value,
+        thresholds.verify_default.source,
+        thresholds.identify_default.value,
+        thresholds.identify_default.source,
+        store.dialect,
+    )
     return Services(
         settings=settings,
         gallery=gallery,
@@ -89,4 +102,6 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         metrics=metrics,
         keyring=KeyRing.parse(settings.api_keys),
         provider=provider,
+        thresholds=thresholds,
+        calibration=CalibrationSlot(),
     )

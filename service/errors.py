@@ -116,3 +116,14 @@ class InvalidModelCard(ServiceError):
     Raised at start-up, before anything is served; never reaches a client."""
 
     code, status, title = "invalid_model_card", 500, "Invalid model card"
+
+
+class CalibrationNotPossible(FaceError):
+    """The collection's faces cannot support a calibration (fewer than two subjects)."""
+
+    code = "calibration_not_possible"
+    title = "Not enough enrolled faces to calibrate"
+
+
+class CalibrationBusy(ServiceError):
+    code, status, title = "calibration_busy", 429, "A calibration is already running"

@@ -41,8 +41,11 @@ class Settings(BaseSettings):
     batch_max_size: int = Field(default=32, ge=1, le=1024)
     batch_max_wait_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
 
-    # Matching: None means "the model card's calibrated threshold" (squared L2 distance, [0, 4]).
+    # Matching thresholds (squared L2 distance, [0, 4]); None means the model card's calibrated one.
+    # default_threshold: 1:1 verification (card ``threshold``). default_identify_threshold: 1:N
+    # identification when the collection has none of its own (card ``identify_threshold``).
     default_threshold: float | None = Field(default=None, ge=0.0, le=4.0)
+    default_identify_threshold: float | None = Field(default=None, ge=0.0, le=4.0)
     default_top_k: int = Field(default=5, ge=1, le=100)
     max_top_k: int = Field(default=100, ge=1)
     default_max_faces: int = Field(default=10, ge=1)

@@ -457,6 +457,7 @@ def test_health_metrics_and_openapi(client: TestClient, gallery: str) -> None:
         "/v1/collections/{collection}/subjects/{subject_id}/faces",
         "/v1/collections/{collection}/faces/{face_id}",
         "/v1/collections/{collection}/identify",
+        "/v1/collections/{collection}/calibrate",
         "/v1/verify",
         "/v1/collections/{collection}/subjects/{subject_id}/verify",
         "/healthz",

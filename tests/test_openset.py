@@ -11,6 +11,7 @@ from models.openset import (
     evaluate_openset,
     find_config,
     fpir_at_threshold,
+    person_disjoint_check,
     rotation_split,
     threshold_at_fpir,
 )
@@ -150,3 +151,21 @@ def test_rejects_non_unit_rows() -> None:
     embeddings, labels = synthetic()
     with pytest.raises(ValueError, match="L2-normalised"):
         evaluate_openset(embeddings * 2.0, labels, gallery_sizes=(5,), enroll_counts=(1,))
+
+
+def test_person_disjoint_check_chooses_and_measures_on_different_people() -> None:
+    embeddings, labels = synthetic(people=200, seed=4)
+    check = person_disjoint_check(
+        embeddings, labels, gallery_size=30, enroll_count=1, target_fpir=0.1, rotations=3, seed=2
+    )
+    assert check["gallery_size"] == 30
+    assert sum(check["people_per_half"]) == 200
+    capped = person_disjoint_check(embeddings, labels, gallery_size=1000, enroll_count=1, target_fpir=0.1)
+    assert capped["gallery_size"] < 100  # what each half allows
+    assert [d["chosen_on_half"] for d in check["directions"]] == [0, 1]
+    for direction in check["directions"]:
+        measured = direction["fpir_measured"]
+        assert len(measured["per_rotation"]) == 3
+        assert direction["ratio_to_target"] == pytest.approx(measured["mean"] / 0.1)
+        assert 0.0 < measured["mean"] < 0.5
+    assert check["worst_factor_off_target"] >= 1.0

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, Table, create_engine, text
 
 from service.errors import CollectionExists, CollectionNotFound, FaceNotFound, SubjectExists, SubjectNotFound
 from service.main import create_app
 from service.settings import Settings
 from service.storage.records import NewFace
-from service.storage.store import FaceStore
+from service.storage.store import FaceStore, faces_table, make_engine, migrate_additive, subjects_table
 from tests.postgres import pg_bin, postgres_server
 
 _names = itertools.count()
@@ -116,3 +118,100 @@ def test_service_runs_on_postgresql(postgres_url: str, tmp_path: Path, lfw_image
         assert client.get("/readyz").json()["checks"]["index"] == "in_sync"
         match = client.post("/v1/collections/pg/identify", files={"image": probe}).json()["faces"][0]["match"]
         assert match["subject_id"] == "serena"
+
+
+# -- schema upgrade of databases created before per-collection thresholds ----------------------
+
+
+def old_schema() -> MetaData:
+    """The tables as the first release created them: collections without the threshold columns."""
+    old = MetaData()
+    id_type = BigInteger().with_variant(Integer(), "sqlite")
+    Table(
+        "collections",
+        old,
+        Column("pk", id_type, primary_key=True, autoincrement=True),
+        Column("name", String(64), nullable=False, unique=True),
+        Column("description", String(1024), nullable=False, default=""),
+        Column("revision", BigInteger, nullable=False, default=0),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        sqlite_autoincrement=True,
+    )
+    subjects_table.to_metadata(old)
+    faces_table.to_metadata(old)
+    return old
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of a database with nothing in it (a fresh PostgreSQL database on the test server)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/old.db"
+        return
+    server = request.getfixturevalue("postgres_url")
+    name = f"old_schema_{next(_names)}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    yield server.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_old_database_gains_the_threshold_columns(empty_database: str) -> None:
+    engine = make_engine(empty_database)
+    old_schema().create_all(engine)
+    with engine.begin() as conn:  # a collection, a subject and a face written by the old release
+        conn.execute(
+            text(
+                "INSERT INTO collections (name, description, revision, created_at) "
+                "VALUES ('legacy', 'x', 1, :t)"
+            ),
+            {"t": datetime.now(UTC)},
+        )
+    engine.dispose()
+    store = FaceStore.from_url(empty_database)
+    try:
+        store.add_faces("legacy", "alice", [face(1)], create_subject=True)
+        record = store.get_collection("legacy")
+        assert (record.description, record.face_count, record.identify_threshold) == ("x", 1, None)
+        assert record.identify_threshold_source is None
+        updated = store.update_collection(
+            "legacy", {"identify_threshold": 0.9}, threshold_source="calibration"
+        )
+        assert (updated.identify_threshold, updated.identify_threshold_source) == (0.9, "calibration")
+        assert updated.identify_threshold_set_at is not None
+        assert store.collection_lookup("legacy").identify_threshold == 0.9
+    finally:
+        store.close()
+    again = FaceStore.from_url(empty_database)  # idempotent: nothing left to add, data intact
+    try:
+        assert migrate_additive(make_engine(empty_database)) == []
+        assert again.get_collection("legacy").identify_threshold == 0.9
+    finally:
+        again.close()
+
+
+def test_upgrade_refuses_what_it_cannot_add(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/odd.db"
+    engine = make_engine(url)
+    odd = old_schema()
+    odd.remove(odd.tables["faces"])
+    Table("faces", odd, Column("pk", Integer, primary_key=True))  # lacks NOT NULL columns
+    odd.create_all(engine)
+    with pytest.raises(RuntimeError, match="migrate the database by hand"):
+        migrate_additive(engine)
+    engine.dispose()
+
+
+def test_collection_threshold_roundtrip(store: FaceStore) -> None:
+    name = f"c{next(_names)}"
+    created = store.create_collection(name, "", identify_threshold=1.05)
+    assert (created.identify_threshold, created.identify_threshold_source) == (1.05, "collection")
+    assert created.identify_threshold_set_at is not None
+    kept = store.update_collection(name, {"description": "new"})
+    assert (kept.description, kept.identify_threshold) == ("new", 1.05)
+    cleared = store.update_collection(name, {"identify_threshold": None})
+    assert (cleared.identify_threshold, cleared.identify_threshold_source) == (None, None)
+    assert cleared.identify_threshold_set_at is None
+    with pytest.raises(CollectionNotFound):
+        store.update_collection("missing-one", {"identify_threshold": 1.0})

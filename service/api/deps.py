@@ -9,8 +9,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader
 
+from service.domain.calibration import CalibrationSlot
 from service.domain.faces import FaceEngine
 from service.domain.gallery import Gallery
+from service.domain.thresholds import ThresholdPolicy
 from service.errors import Forbidden, NotReady, Unauthorized
 from service.observability import Metrics
 from service.runtime.model_card import ModelCard
@@ -55,6 +57,8 @@ class Services:
     metrics: Metrics
     keyring: KeyRing
     provider: str
+    thresholds: ThresholdPolicy
+    calibration: CalibrationSlot
 
 
 def get_services(request: Request) -> Services:

@@ -42,6 +42,30 @@ class CollectionCreate(BaseModel):
 
     name: CollectionName
     description: Annotated[str, Field(max_length=1024)] = ""
+    identify_threshold: Distance | None = Field(
+        default=None, description="This collection's identify threshold (default: the service's)"
+    )
+
+
+class CollectionPatch(BaseModel):
+    """Fields present are changed; ``identify_threshold: null`` returns to the service default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    identify_threshold: Distance | None = None
+    description: Annotated[str, Field(max_length=1024)] | None = None
+
+
+class IdentifyThresholdOut(BaseModel):
+    value: Distance
+    source: Literal["model_card", "settings", "collection", "calibration"]
+    set_at: datetime | None = Field(description="When the collection's own threshold was set")
+
+
+class VerifyThresholdOut(BaseModel):
+    value: Distance
+    source: Literal["model_card", "settings"]
+    set_at: None = None
 
 
 class CollectionOut(BaseModel):
@@ -50,6 +74,10 @@ class CollectionOut(BaseModel):
     created_at: datetime
     subject_count: int
     face_count: int
+    identify_threshold: IdentifyThresholdOut = Field(
+        description="The threshold identify uses when a request gives none, and where it comes from"
+    )
+    verify_threshold: VerifyThresholdOut = Field(description="The threshold verify uses by default")
 
 
 class CollectionList(BaseModel):
@@ -149,7 +177,38 @@ class IdentifiedFace(BaseModel):
 class IdentifyResponse(BaseModel):
     collection: str
     threshold: Distance
+    threshold_source: Literal["request", "model_card", "settings", "collection", "calibration"]
     faces: list[IdentifiedFace]
+
+
+class OperatingPointOut(BaseModel):
+    threshold: Distance
+    estimated_fpir: float = Field(
+        ge=0.0, le=1.0, description="Share of stranger probes (leave-one-subject-out) given a name"
+    )
+    genuine_accept_rate: float | None = Field(
+        ge=0.0,
+        le=1.0,
+        description="Share of enrolled faces matched to their own subject by its other faces (null: no "
+        "subject has two faces)",
+    )
+
+
+class CalibrationOut(BaseModel):
+    collection: str
+    target_fpir: float
+    current: OperatingPointOut = Field(description="At the identify threshold in force before the call")
+    recommended: OperatingPointOut = Field(description="At the threshold giving the target FPIR")
+    applied: bool
+    identify_threshold: IdentifyThresholdOut = Field(description="The threshold in force after the call")
+    subjects: int
+    faces: int
+    impostor_probes: int = Field(description="Faces searched as strangers against the other subjects")
+    genuine_probes: int = Field(description="Faces searched against their own subject's other faces")
+    subjects_with_several_faces: int
+    sampled: bool = Field(description="Probes were sampled (large collection)")
+    seconds: float
+    warnings: list[str]
 
 
 class VerifyResponse(BaseModel):

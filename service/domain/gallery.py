@@ -38,9 +38,11 @@ class Gallery:
 
     # -- collections -----------------------------------------------------------------------
 
-    def create_collection(self, name: str, description: str) -> CollectionRecord:
+    def create_collection(
+        self, name: str, description: str, identify_threshold: float | None = None
+    ) -> CollectionRecord:
         with self._write_lock:
-            record = self.store.create_collection(name, description)
+            record = self.store.create_collection(name, description, identify_threshold)
             self.indexes.get(record.pk)
             return record
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from service.domain.faces import EmbeddedFace, FaceEngine
 from service.domain.gallery import Candidate, Gallery
+from service.domain.thresholds import ThresholdInForce, ThresholdPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,12 @@ class FaceMatches:
     match: Candidate | None
 
 
+@dataclass(frozen=True, slots=True)
+class Identification:
+    threshold: ThresholdInForce
+    faces: list[FaceMatches]
+
+
 async def identify(
     engine: FaceEngine,
     gallery: Gallery,
@@ -25,18 +32,24 @@ async def identify(
     data: bytes,
     *,
     top_k: int,
-    threshold: float,
+    thresholds: ThresholdPolicy,
+    requested_threshold: float | None,
     max_faces: int,
-) -> list[FaceMatches]:
-    """Unknown people come back with ``match=None``: the best distance must be ≤ threshold."""
-    # Resolved before the image work so an unknown collection fails fast.
-    collection_pk = await asyncio.to_thread(gallery.store.collection_pk, collection)
+) -> Identification:
+    """Unknown people come back with ``match=None``: the best distance must be ≤ the threshold in
+    force (the request's, else the collection's own, else the service's identify default)."""
+    # Resolved before the image work so an unknown collection fails fast; one row read gives the
+    # key and the collection's own threshold.
+    lookup = await asyncio.to_thread(gallery.store.collection_lookup, collection)
+    threshold = thresholds.identify(
+        requested_threshold, lookup.identify_threshold, lookup.identify_threshold_source
+    )
     faces = await engine.embed_image(data, max_faces=max_faces)
     queries = np.ascontiguousarray(np.stack([f.embedding for f in faces]))
-    ranked = await asyncio.to_thread(gallery.search, collection_pk, queries, top_k)
+    ranked = await asyncio.to_thread(gallery.search, lookup.pk, queries, top_k)
     results = []
     for face, candidates in zip(faces, ranked, strict=True):
         best = candidates[0] if candidates else None
-        match = best if best is not None and best.distance <= threshold else None
+        match = best if best is not None and best.distance <= threshold.value else None
         results.append(FaceMatches(face, candidates, match))
-    return results
+    return Identification(threshold, results)

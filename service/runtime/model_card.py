@@ -81,8 +81,11 @@ class ModelCard(BaseModel):
     # Version 2: one entry per graph input, and the graph output carrying the embedding.
     inputs: list[ModelInput] | None = None
     output_name: str | None = None
-    # Calibrated default: squared L2 distance between unit embeddings, in [0, 4].
+    # Calibrated default: squared L2 distance between unit embeddings, in [0, 4]. ``threshold`` is the
+    # 1:1 verification threshold; ``identify_threshold`` the 1:N one (a target false-positive
+    # identification rate at a reference gallery size, see ``metrics["openset"]``), None: use ``threshold``.
     threshold: float = Field(ge=0.0, le=4.0)
+    identify_threshold: float | None = Field(default=None, ge=0.0, le=4.0)
     provenance: dict[str, Any] = Field(default_factory=dict)
     license: str = ""
     metrics: dict[str, Any] = Field(default_factory=dict)

@@ -19,6 +19,19 @@ class CollectionRecord:
     revision: int
     subject_count: int = 0
     face_count: int = 0
+    # The collection's own identify threshold (None: the service default), its origin and date.
+    identify_threshold: float | None = None
+    identify_threshold_source: str | None = None  # "collection" | "calibration"
+    identify_threshold_set_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionLookup:
+    """What identify needs of a collection: its key and own threshold, read in one cheap query."""
+
+    pk: int
+    identify_threshold: float | None
+    identify_threshold_source: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -36,11 +37,13 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from service.errors import (
     CollectionExists,
@@ -49,7 +52,7 @@ from service.errors import (
     SubjectExists,
     SubjectNotFound,
 )
-from service.storage.records import CollectionRecord, FaceRecord, NewFace, SubjectRecord
+from service.storage.records import CollectionLookup, CollectionRecord, FaceRecord, NewFace, SubjectRecord
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,12 @@ collections_table = Table(
     Column("description", String(1024), nullable=False, default=""),
     Column("revision", BigInteger, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # The collection's own identify threshold (None: the service default), where it came from
+    # ("collection": set by a client, "calibration": by POST .../calibrate) and when.
+    # Added after the first release: ``migrate_additive`` adds them to older databases.
+    Column("identify_threshold", Float, nullable=True),
+    Column("identify_threshold_source", String(16), nullable=True),
+    Column("identify_threshold_set_at", DateTime(timezone=True), nullable=True),
     sqlite_autoincrement=True,
 )
 
@@ -132,6 +141,45 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+def migrate_additive(engine: Engine) -> list[str]:
+    """Add the columns the code knows and the database lacks; returns ``table.column`` of each added.
+
+    Only nullable columns without server defaults are added (the kind every later release adds), so
+    the upgrade is safe on a live database and idempotent; anything else stops start-up with a clear
+    error instead of serving from a schema the code does not understand. Two processes starting at
+    once are fine: a column the other one added first is detected and skipped.
+    """
+    added: list[str] = []
+    existing_tables = set(inspect(engine).get_table_names())
+    for table in metadata_obj.sorted_tables:
+        if table.name not in existing_tables:
+            continue
+        present = {c["name"] for c in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable or column.server_default is not None or column.primary_key:
+                raise RuntimeError(
+                    f"The database's table {table.name!r} lacks column {column.name!r}, which cannot be "
+                    "added automatically; migrate the database by hand."
+                )
+            preparer = engine.dialect.identifier_preparer
+            ddl = (
+                f"ALTER TABLE {preparer.format_table(table)} ADD COLUMN "
+                f"{preparer.format_column(column)} {column.type.compile(dialect=engine.dialect)}"
+            )
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(ddl))
+            except DBAPIError:
+                again = {c["name"] for c in inspect(engine).get_columns(table.name)}
+                if column.name not in again:
+                    raise
+                continue  # another process added it first
+            added.append(f"{table.name}.{column.name}")
+    return added
+
+
 class FaceStore:
     """Collections, subjects and faces (with embeddings), one transaction per write."""
 
@@ -150,6 +198,9 @@ class FaceStore:
 
     def create_schema(self) -> None:
         metadata_obj.create_all(self._engine)
+        added = migrate_additive(self._engine)
+        if added:
+            logger.info("store schema upgraded: added columns %s", ", ".join(added))
 
     def close(self) -> None:
         self._engine.dispose()
@@ -160,12 +211,24 @@ class FaceStore:
 
     # -- collections -------------------------------------------------------------------------
 
-    def create_collection(self, name: str, description: str = "") -> CollectionRecord:
+    def create_collection(
+        self, name: str, description: str = "", identify_threshold: float | None = None
+    ) -> CollectionRecord:
+        now = _now()
+        own = (
+            {
+                "identify_threshold": identify_threshold,
+                "identify_threshold_source": "collection",
+                "identify_threshold_set_at": now,
+            }
+            if identify_threshold is not None
+            else {}
+        )
         try:
             with self._engine.begin() as conn:
                 conn.execute(
                     insert(collections_table).values(
-                        name=name, description=description, revision=0, created_at=_now()
+                        name=name, description=description, revision=0, created_at=now, **own
                     )
                 )
         except IntegrityError as exc:
@@ -183,13 +246,45 @@ class FaceStore:
 
     def collection_pk(self, name: str) -> int:
         """The collection's key without its counts: the cheap existence check for hot paths."""
+        return self.collection_lookup(name).pk
+
+    def collection_lookup(self, name: str) -> CollectionLookup:
+        """Key and own identify threshold in one indexed row read (no counts): identify's lookup."""
         with self._engine.connect() as conn:
-            pk = conn.execute(
-                select(collections_table.c.pk).where(collections_table.c.name == name)
-            ).scalar_one_or_none()
-        if pk is None:
+            row = conn.execute(
+                select(
+                    collections_table.c.pk,
+                    collections_table.c.identify_threshold,
+                    collections_table.c.identify_threshold_source,
+                ).where(collections_table.c.name == name)
+            ).first()
+        if row is None:
             raise CollectionNotFound(f"Collection '{name}' not found.", collection=name)
-        return int(pk)
+        return CollectionLookup(
+            int(row.pk),
+            float(row.identify_threshold) if row.identify_threshold is not None else None,
+            row.identify_threshold_source,
+        )
+
+    def update_collection(
+        self, name: str, changes: dict[str, Any], *, threshold_source: str = "collection"
+    ) -> CollectionRecord:
+        """Change ``description`` and/or ``identify_threshold`` (None: back to the default)."""
+        values: dict[str, Any] = {}
+        if "description" in changes:
+            values["description"] = changes["description"] or ""
+        if "identify_threshold" in changes:
+            value = changes["identify_threshold"]
+            values["identify_threshold"] = value
+            values["identify_threshold_source"] = threshold_source if value is not None else None
+            values["identify_threshold_set_at"] = _now() if value is not None else None
+        with self._engine.begin() as conn:
+            row = self._collection_row(conn, name)
+            if values:
+                conn.execute(
+                    update(collections_table).where(collections_table.c.pk == row.pk).values(**values)
+                )
+        return self.get_collection(name)
 
     def delete_collection(self, name: str) -> int:
         """Delete a collection with its subjects and faces; returns its primary key."""
@@ -435,6 +530,26 @@ class FaceStore:
             yield pks, np.ascontiguousarray(vectors.reshape(len(rows), -1))
             last = int(pks[-1])
 
+    def iter_subject_embeddings(
+        self, collection_pk: int, batch_size: int = 50_000
+    ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
+        """Stream (owning subject pks, vectors) of a collection in pk order, for calibration."""
+        last = 0
+        while True:
+            with self._engine.connect() as conn:
+                rows = conn.execute(
+                    select(faces_table.c.pk, faces_table.c.subject_pk, faces_table.c.embedding)
+                    .where(faces_table.c.collection_pk == collection_pk, faces_table.c.pk > last)
+                    .order_by(faces_table.c.pk)
+                    .limit(batch_size)
+                ).all()
+            if not rows:
+                return
+            subjects = np.fromiter((row.subject_pk for row in rows), dtype=np.int64, count=len(rows))
+            vectors = np.frombuffer(b"".join(row.embedding for row in rows), dtype=np.float32)
+            yield subjects, np.ascontiguousarray(vectors.reshape(len(rows), -1))
+            last = int(rows[-1].pk)
+
     def bulk_insert_synthetic(
         self, collection: str, subject_prefix: str, vectors: NDArray[np.float32], faces_per_subject: int
     ) -> int:
@@ -501,6 +616,11 @@ class FaceStore:
             revision=int(row.revision),
             subject_count=int(subjects),
             face_count=int(faces),
+            identify_threshold=float(row.identify_threshold) if row.identify_threshold is not None else None,
+            identify_threshold_source=row.identify_threshold_source,
+            identify_threshold_set_at=_aware(row.identify_threshold_set_at)
+            if row.identify_threshold_set_at is not None
+            else None,
         )
 
     def _subject_pk(

@@ -1,44 +1,149 @@
-"""Collections: isolated galleries."""
+"""Collections: isolated galleries, each with the identify threshold in force and its origin."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+import asyncio
+from typing import Annotated
 
-from service.api.deps import CallerDep, CollectionDep, ServicesDep
-from service.api.schemas import CollectionCreate, CollectionList, CollectionOut
+from fastapi import APIRouter, Query, Response, status
+
+from service.api.deps import CallerDep, CollectionDep, Services, ServicesDep
+from service.api.schemas import (
+    CalibrationOut,
+    CollectionCreate,
+    CollectionList,
+    CollectionOut,
+    CollectionPatch,
+    IdentifyThresholdOut,
+    OperatingPointOut,
+    Problem,
+    VerifyThresholdOut,
+)
+from service.domain.calibration import OperatingPoint, calibrate_collection
+from service.domain.thresholds import ThresholdInForce
 from service.storage.records import CollectionRecord
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
 
-def collection_out(record: CollectionRecord) -> CollectionOut:
+def identify_threshold_out(threshold: ThresholdInForce) -> IdentifyThresholdOut:
+    assert threshold.source != "request"
+    return IdentifyThresholdOut(value=threshold.value, source=threshold.source, set_at=threshold.set_at)
+
+
+def collection_out(record: CollectionRecord, services: Services) -> CollectionOut:
+    thresholds = services.thresholds
+    identify = thresholds.identify_for(
+        record.identify_threshold, record.identify_threshold_source, record.identify_threshold_set_at
+    )
+    verify = thresholds.verify_default
+    assert verify.source in ("model_card", "settings")
     return CollectionOut(
         name=record.name,
         description=record.description,
         created_at=record.created_at,
         subject_count=record.subject_count,
         face_count=record.face_count,
+        identify_threshold=identify_threshold_out(identify),
+        verify_threshold=VerifyThresholdOut(value=verify.value, source=verify.source),
     )
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=CollectionOut)
 def create_collection(body: CollectionCreate, services: ServicesDep, caller: CallerDep) -> CollectionOut:
     caller.check(body.name)
-    return collection_out(services.gallery.create_collection(body.name, body.description))
+    record = services.gallery.create_collection(body.name, body.description, body.identify_threshold)
+    return collection_out(record, services)
 
 
 @router.get("", response_model=CollectionList)
 def list_collections(services: ServicesDep, caller: CallerDep) -> CollectionList:
     records = services.gallery.store.list_collections()
-    return CollectionList(collections=[collection_out(r) for r in records if caller.allows(r.name)])
+    return CollectionList(collections=[collection_out(r, services) for r in records if caller.allows(r.name)])
 
 
 @router.get("/{collection}", response_model=CollectionOut)
 def get_collection(collection: CollectionDep, services: ServicesDep) -> CollectionOut:
-    return collection_out(services.gallery.store.get_collection(collection))
+    return collection_out(services.gallery.store.get_collection(collection), services)
+
+
+@router.patch("/{collection}", response_model=CollectionOut)
+def patch_collection(
+    collection: CollectionDep, body: CollectionPatch, services: ServicesDep
+) -> CollectionOut:
+    """Change the description or the identify threshold (``null``: back to the service default)."""
+    changes = body.model_dump(include=body.model_fields_set)
+    if changes.get("description", "") is None:
+        changes["description"] = ""
+    return collection_out(services.gallery.store.update_collection(collection, changes), services)
 
 
 @router.delete("/{collection}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_collection(collection: CollectionDep, services: ServicesDep) -> Response:
     services.gallery.delete_collection(collection)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def operating_point_out(point: OperatingPoint) -> OperatingPointOut:
+    return OperatingPointOut(
+        threshold=round(point.threshold, 6),
+        estimated_fpir=round(point.estimated_fpir, 6),
+        genuine_accept_rate=round(point.genuine_accept_rate, 6)
+        if point.genuine_accept_rate is not None
+        else None,
+    )
+
+
+@router.post(
+    "/{collection}/calibrate",
+    response_model=CalibrationOut,
+    responses={
+        422: {"model": Problem, "description": "Fewer than two subjects with faces"},
+        429: {"model": Problem, "description": "Another calibration is running"},
+    },
+)
+async def calibrate(
+    collection: CollectionDep,
+    services: ServicesDep,
+    target_fpir: Annotated[
+        float,
+        Query(
+            gt=0.0,
+            lt=1.0,
+            description="Share of strangers allowed a (wrong) name: false-positive identification rate",
+        ),
+    ] = 0.01,
+    apply: Annotated[bool, Query(description="Store the recommended threshold as the collection's")] = False,
+) -> CalibrationOut:
+    """Estimate the identify threshold for ``target_fpir`` from the collection's own faces.
+
+    Each subject's faces are searched against the *other* subjects (leave-one-subject-out) as if they
+    were strangers; the threshold letting ``target_fpir`` of them through is recommended, with the
+    estimated FPIR and genuine accept rate at the current and at the recommended threshold.
+    """
+    outcome = await asyncio.to_thread(
+        calibrate_collection,
+        services.gallery.store,
+        services.thresholds,
+        services.calibration,
+        collection,
+        target_fpir=target_fpir,
+        apply=apply,
+    )
+    result = outcome.result
+    return CalibrationOut(
+        collection=collection,
+        target_fpir=target_fpir,
+        current=operating_point_out(result.current),
+        recommended=operating_point_out(result.recommended),
+        applied=outcome.applied,
+        identify_threshold=identify_threshold_out(outcome.after),
+        subjects=result.subjects,
+        faces=result.faces,
+        impostor_probes=result.impostor_probes,
+        genuine_probes=result.genuine_probes,
+        subjects_with_several_faces=result.subjects_with_several_faces,
+        sampled=result.sampled,
+        seconds=round(result.seconds, 4),
+        warnings=result.warnings,
+    )

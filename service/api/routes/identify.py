@@ -36,7 +36,12 @@ async def identify_faces(
     image: Annotated[UploadFile, File(description="A JPEG/PNG/WebP photo")],
     top_k: Annotated[int | None, Query(ge=1, le=100, description="Candidates per face (default 5)")] = None,
     threshold: Annotated[
-        float | None, Query(ge=0.0, le=4.0, description="Max squared distance for a match (default: model's)")
+        float | None,
+        Query(
+            ge=0.0,
+            le=4.0,
+            description="Max squared distance for a match (default: the collection's identify threshold)",
+        ),
     ] = None,
     max_faces: Annotated[
         int | None, Query(ge=1, le=100, description="Faces to identify, largest first")
@@ -44,19 +49,20 @@ async def identify_faces(
 ) -> IdentifyResponse:
     settings = services.settings
     data = await read_upload(image, settings.max_upload_bytes, strict=True)
-    chosen_threshold = services.engine.threshold(threshold)
-    results = await identify(
+    outcome = await identify(
         services.engine,
         services.gallery,
         collection,
         data,
         top_k=top_k or settings.default_top_k,
-        threshold=chosen_threshold,
+        thresholds=services.thresholds,
+        requested_threshold=threshold,
         max_faces=max_faces or settings.default_max_faces,
     )
     return IdentifyResponse(
         collection=collection,
-        threshold=chosen_threshold,
+        threshold=outcome.threshold.value,
+        threshold_source=outcome.threshold.source,
         faces=[
             IdentifiedFace(
                 box=r.face.box,
@@ -64,6 +70,6 @@ async def identify_faces(
                 candidates=[candidate_out(c) for c in r.candidates],
                 match=candidate_out(r.match) if r.match is not None else None,
             )
-            for r in results
+            for r in outcome.faces
         ],
     )
