@@ -13,8 +13,14 @@ Like ``bench_pipeline``, decoding is excluded and the largest face of each image
 On the CPU, ours also runs with the ONNX graph exactly as shipped (``FACES_CPU_GRAPH_REWRITES=false``,
 PRelu kept): the "before" rows of the PRelu rewrite in ``service.runtime.graph_rewrite``.
 
+Other card-described models (``--extra-model-dir``, e.g. dlib's ResNet as ONNX or a fused
+several-input model) get their own "ours, <model>" rows on the same images, each with its own
+alignment(s) from its card, and their speed relative to the default model in the notes.
+
     python -m bench.bench_embed                            # 128 LFW images
     python -m bench.bench_embed --images 512 --device gpu  # ONNX Runtime on CUDA (dlib stays on CPU)
+    python -m bench.bench_embed --no-dlib --extra-model-dir models/artifacts/dlib_resnet_v1 \
+        --out models/artifacts/dlib_resnet_v1/bench_embed.json
 """
 
 from __future__ import annotations
@@ -28,10 +34,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from bench.bench_pipeline import embed_run, pick_images, pipeline_run, timed
+from bench.bench_pipeline import embed_run, pick_images, pipeline_run, stack_crops, timed
 from bench.common import DEFAULT_LFW_ROOT, Report, Table, finish_report, fmt, start_report
 from bench.dlib_baseline import Box, DlibBaseline, baseline_versions, dlib_build
-from service.runtime.alignment import align_face
 from service.runtime.analyzer import FaceAnalyzer
 from service.runtime.embedder import OnnxEmbedder, load_detector, load_embedder
 from service.runtime.imaging import decode_image
@@ -72,11 +77,33 @@ def align_embed_run(
         done = 0
         for image, points in zip(images, landmarks, strict=True):
             if points is not None:
-                embedder.embed(align_face(image, points, embedder.input_size)[None])
+                embedder.embed(tuple(a.align(image, points)[None] for a in embedder.alignments))
                 done += 1
         return done
 
     return run
+
+
+def interleaved(
+    run_default: Callable[[], int], run_other: Callable[[], int], rounds: int
+) -> tuple[float, int, float]:
+    """``run_other`` timed in alternation with ``run_default`` after one warm-up each: its median
+    time, images per run, and the median over rounds of (other time / default time) per image."""
+    default_count = run_default()
+    run_other()
+    times: list[float] = []
+    ratios: list[float] = []
+    processed = 0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        default_count = run_default()
+        default_s = time.perf_counter() - start
+        start = time.perf_counter()
+        processed = run_other()
+        other_s = time.perf_counter() - start
+        times.append(other_s)
+        ratios.append((other_s / processed) / (default_s / default_count))
+    return float(np.median(times)), processed, float(np.median(ratios))
 
 
 def main(argv: list[str] | None = None) -> Report:
@@ -91,6 +118,16 @@ def main(argv: list[str] | None = None) -> Report:
     )
     parser.add_argument("--repeats", type=int, default=1, help="timed runs after one warm-up; best kept")
     parser.add_argument("--no-dlib", action="store_true", help="skip the face_recognition rows")
+    parser.add_argument(
+        "--extra-model-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="another model directory (embedder.json + ONNX) to time on the same images; repeatable",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="write the JSON here instead of bench/results/bench_embed.json"
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -105,13 +142,13 @@ def main(argv: list[str] | None = None) -> Report:
         settings.detector_score_threshold,
         settings.detection_max_side,
     )
-    analyzer = FaceAnalyzer(detector, embedder.input_size, QualityConfig())
+    analyzer = FaceAnalyzer(detector, embedder.alignments, QualityConfig())
     paths = pick_images(args.lfw_dir, args.images)
     images = [decode_image(p.read_bytes(), max_pixels=settings.max_image_pixels) for p in paths]
     n = len(images)
     first_faces = [analyzer.analyze(image, max_faces=1) for image in images]
     landmarks = [faces[0].face.landmarks if faces else None for faces in first_faces]
-    crops = np.stack([faces[0].crop for faces in first_faces if faces])
+    crops = stack_crops([faces[0] for faces in first_faces if faces])
     ours = f"ORT {args.threads or 'all'} ({active_provider(embedder.session)})"
     plain: OnnxEmbedder | None = None
     if provider == "cpu":
@@ -136,6 +173,56 @@ def main(argv: list[str] | None = None) -> Report:
         record(BEFORE, "detect+align+embed", 1, pipeline_run(images, analyzer, plain, 1), ours)
         for batch in (1, 32):
             record(BEFORE, "embed-only (aligned crops)", batch, embed_run(crops, plain, batch), ours)
+    # Other models: each stage timed in alternation with the default model's same stage (A, B, A, B…),
+    # so a busy machine slows both alike; the ratio is the median of the per-round ratios.
+    ratio_notes: list[str] = []
+    for model_dir in args.extra_model_dir:
+        other, other_card = load_embedder(model_dir, "embedder.json", provider, args.threads)
+        other_analyzer = FaceAnalyzer(detector, other.alignments, QualityConfig())
+        other_crops = stack_crops(
+            [f[0] for image in images if (f := other_analyzer.analyze(image, max_faces=1))]
+        )
+        name = f"ours, {other_card.name}"
+        pairs: list[tuple[str, int, Callable[[], int], Callable[[], int]]] = [
+            *(
+                (
+                    "detect+align+embed",
+                    b,
+                    pipeline_run(images, analyzer, embedder, b),
+                    pipeline_run(images, other_analyzer, other, b),
+                )
+                for b in (1, 32)
+            ),
+            (
+                "align+embed (known landmarks)",
+                1,
+                align_embed_run(images, landmarks, embedder),
+                align_embed_run(images, landmarks, other),
+            ),
+            *(
+                (
+                    "embed-only (aligned crops)",
+                    b,
+                    embed_run(crops, embedder, b),
+                    embed_run(other_crops, other, b),
+                )
+                for b in (1, 32)
+            ),
+        ]
+        time_ratios: list[str] = []
+        for stage, batch, run_default, run_other in pairs:
+            seconds, processed, time_ratio = interleaved(run_default, run_other, max(args.repeats, 5))
+            results.append(Throughput(name, stage, batch, processed, seconds, ours))
+            print(
+                f"{name} {stage} batch {batch}: {processed / seconds:.1f} images/s, "
+                f"{time_ratio:.2f}× the time",
+                flush=True,
+            )
+            time_ratios.append(f"{stage} batch {batch} {fmt(time_ratio)}×")
+        ratio_notes.append(
+            f"'{name}' time per image ÷ 'ours' ({_card.name}), median of per-round ratios, the two timed in "
+            f"alternation: " + ", ".join(time_ratios)
+        )
 
     if not args.no_dlib:
         baseline = DlibBaseline()
@@ -188,6 +275,7 @@ def main(argv: list[str] | None = None) -> Report:
             "shipped); the other 'ours' rows run the exact rewrite s·x + (1−s)·Relu(x) that the service "
             "applies to CPU sessions by default"
         )
+    table.notes.extend(ratio_notes)
     if not args.no_dlib:
         build = dlib_build()
         table.notes.append(
@@ -201,10 +289,10 @@ def main(argv: list[str] | None = None) -> Report:
     report.raw = {
         "results": [asdict(r) | {"images_per_s": r.images_per_s} for r in results],
         "images": [str(p.relative_to(args.lfw_dir)) for p in paths],
-        "faces_found": len(crops),
+        "faces_found": len(crops[0]),
         "versions": baseline_versions(),
     }
-    finish_report(report, started)
+    finish_report(report, started, args.out)
     return report
 
 

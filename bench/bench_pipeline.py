@@ -24,7 +24,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from service.runtime.analyzer import FaceAnalyzer
+from service.runtime.analyzer import AnalyzedFace, FaceAnalyzer
 from service.runtime.detector import load_detector
 from service.runtime.embedder import OnnxEmbedder, load_embedder
 from service.runtime.imaging import decode_image
@@ -67,32 +67,42 @@ def timed(run: Callable[[], int], repeats: int) -> tuple[float, int]:
     return best, processed
 
 
+def stack_crops(faces: list[AnalyzedFace]) -> tuple[NDArray[np.uint8], ...]:
+    """One (N, H, W, 3) array per model input (a multi-input model takes one crop per alignment)."""
+    return tuple(np.stack(per_input) for per_input in zip(*(face.crops for face in faces), strict=True))
+
+
 def pipeline_run(
     images: list[NDArray[np.uint8]], analyzer: FaceAnalyzer, embedder: OnnxEmbedder, batch: int
 ) -> Callable[[], int]:
     def run() -> int:
-        crops: list[NDArray[np.uint8]] = []
+        pending: list[AnalyzedFace] = []
         done = 0
         for image in images:
             faces = analyzer.analyze(image, max_faces=1)
             if faces:
-                crops.append(faces[0].crop)
-            if len(crops) >= batch:
-                embedder.embed(np.stack(crops))
-                crops.clear()
+                pending.append(faces[0])
+            if len(pending) >= batch:
+                embedder.embed(stack_crops(pending))
+                pending.clear()
             done += 1
-        if crops:
-            embedder.embed(np.stack(crops))
+        if pending:
+            embedder.embed(stack_crops(pending))
         return done
 
     return run
 
 
-def embed_run(crops: NDArray[np.uint8], embedder: OnnxEmbedder, batch: int) -> Callable[[], int]:
+def embed_run(
+    crops: NDArray[np.uint8] | tuple[NDArray[np.uint8], ...], embedder: OnnxEmbedder, batch: int
+) -> Callable[[], int]:
+    arrays = (crops,) if isinstance(crops, np.ndarray) else crops
+
     def run() -> int:
-        for start in range(0, len(crops), batch):
-            embedder.embed(crops[start : start + batch])
-        return len(crops)
+        count = len(arrays[0])
+        for start in range(0, count, batch):
+            embedder.embed(tuple(a[start : start + batch] for a in arrays))
+        return count
 
     return run
 
@@ -114,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
 
     embedder, card = load_embedder(args.model_dir, "embedder.json", provider, args.threads)
     detector = load_detector(args.model_dir / "yunet_2023mar_fp32.onnx", provider, args.threads, 0.6, 640)
-    analyzer = FaceAnalyzer(detector, embedder.input_size, QualityConfig())
+    analyzer = FaceAnalyzer(detector, embedder.alignments, QualityConfig())
     paths = pick_images(args.lfw_dir, args.images)
     images = [
         decode_image(p.read_bytes(), max_pixels=40_000_000) for p in tqdm(paths, desc="decode", unit="img")
     ]
-    crops = np.stack([faces[0].crop for image in images if (faces := analyzer.analyze(image, max_faces=1))])
+    crops = stack_crops([faces[0] for image in images if (faces := analyzer.analyze(image, max_faces=1))])
 
     rows: list[dict[str, Any]] = []
     cases = [
@@ -156,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             "intra_op_threads": args.threads,
         },
         "models": {"embedder": card.onnx_file, "detector": "yunet_2023mar_fp32.onnx"},
-        "input": f"{len(images)} LFW images (250x250 JPEG, decoded beforehand), {len(crops)} with a face",
+        "input": f"{len(images)} LFW images (250x250 JPEG, decoded beforehand), {len(crops[0])} with a face",
         "best_of": args.repeats,
         "results": rows,
     }

@@ -162,7 +162,7 @@ def cpu_busy_fraction(seconds: float = 1.0) -> float:
     return 1.0 - (idle1 - idle0) / total if total > 0 else 0.0
 
 
-def finish_report(report: Report, started: float) -> Path:
+def finish_report(report: Report, started: float, path: Path | None = None) -> Path:
     report.duration_s = round(time.perf_counter() - started, 1)
     report.machine["loadavg_end"] = load_average()
     busy = report.machine.get("cpu_busy_at_start")
@@ -170,7 +170,7 @@ def finish_report(report: Report, started: float) -> Path:
         report.tables[-1].notes.append(
             f"other work used {100 * busy:.0f}% of the CPU when the run started: timings are pessimistic"
         )
-    path = report.save()
+    path = report.save(path)
     report.print()
     print(f"saved {path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path}")
     return path

@@ -10,9 +10,10 @@ affine layer (dlib's inference batch norm) is folded into the convolution before
 
 - against ``models.dlib_reference`` (an independent NumPy forward pass of the *unfolded* parsed
   weights, dlib's layer semantics) on real LFW faces aligned by the service's ``dlib_5pt_150``;
-- against dlib itself (``dlib.face_recognition_model_v1.compute_face_descriptor_from_aligned_image``
-  on the same chips) when the ``dlib`` package can be imported here (a conversion-time check only:
-  nothing at run time needs dlib).
+- against dlib itself on the same chips: the C++ helper ``models/dlib_check.cpp`` compiled against
+  dlib's sources (``--dlib-check``; how to build it is in that file), or the ``dlib`` Python package
+  (``compute_face_descriptor_from_aligned_image``) when importable. A conversion-time check only:
+  nothing at run time needs dlib.
 
 The figures go into the card's ``provenance.conversion_checks``.
 """
@@ -24,8 +25,10 @@ import hashlib
 import io
 import logging
 import shlex
+import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -256,28 +259,41 @@ def check_chips(lfw_dir: Path) -> NDArray[np.uint8]:
     return np.stack(chips)
 
 
-def dlib_descriptors(dat: bytes, chips: NDArray[np.uint8]) -> NDArray[np.float64] | None:
-    """dlib's own descriptors for the chips, when the dlib package is importable (check only)."""
-    try:
-        import dlib  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        logger.warning("dlib is not installed: the conversion is checked against the NumPy reference only")
-        return None
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(suffix=".dat") as handle:
-        handle.write(dat)
-        handle.flush()
-        model = dlib.face_recognition_model_v1(handle.name)
-    return np.stack(
-        [
+def dlib_descriptors(
+    dat: bytes, chips: NDArray[np.uint8], helper_binary: Path | None
+) -> tuple[NDArray[np.float64], str] | None:
+    """dlib's own descriptors for the chips (a conversion-time check only): from the compiled
+    ``models/dlib_check.cpp`` when given, else from the ``dlib`` Python package when importable."""
+    with tempfile.TemporaryDirectory(prefix="dlib-check-") as tmp:
+        model_path = Path(tmp) / "model.dat"
+        model_path.write_bytes(dat)
+        if helper_binary is not None:
+            chips_path, out_path = Path(tmp) / "chips.u8", Path(tmp) / "descriptors.f32"
+            np.ascontiguousarray(chips, dtype=np.uint8).tofile(chips_path)
+            subprocess.run([str(helper_binary), str(model_path), str(chips_path), str(out_path)], check=True)
+            raw = np.fromfile(out_path, dtype="<f4").reshape(len(chips), EMBEDDING_DIM)
+            return raw.astype(np.float64), f"dlib C++ via models/dlib_check.cpp ({helper_binary.name})"
+        try:
+            import dlib  # type: ignore[import-not-found,unused-ignore]
+        except ImportError:
+            logger.warning("no dlib to compare with (--dlib-check or the dlib package): NumPy reference only")
+            return None
+        model = dlib.face_recognition_model_v1(str(model_path))
+        descriptors = [
             np.asarray(model.compute_face_descriptor_from_aligned_image(chip), dtype=np.float64)
             for chip in chips
         ]
-    )
+        return np.stack(descriptors), f"dlib {dlib.__version__} Python package"
 
 
-def verify(model: onnx.ModelProto, net: DlibResNet, dat: bytes, chips: NDArray[np.uint8]) -> dict[str, Any]:
+def verify(
+    model: onnx.ModelProto,
+    net: DlibResNet,
+    dat: bytes,
+    chips: NDArray[np.uint8],
+    helper_binary: Path | None = None,
+    dlib_label: str = "",
+) -> dict[str, Any]:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     batch = session.run([OUTPUT_NAME], {INPUT_NAME: network_input(chips, net)})[0].astype(np.float64)
     singles = np.concatenate(
@@ -292,15 +308,14 @@ def verify(model: onnx.ModelProto, net: DlibResNet, dat: bytes, chips: NDArray[n
         "YuNet landmarks, service alignment dlib_5pt_150",
         "max_abs_onnx_vs_numpy_reference": float(np.abs(batch - reference).max()),
         "max_abs_batch_vs_single": float(np.abs(batch - singles).max()),
-        "descriptor_norm_range": [float(v) for v in np.linalg.norm(reference, axis=1)[[0, -1]]],
+        "descriptor_norm_range": [float(f(np.linalg.norm(reference, axis=1))) for f in (np.min, np.max)],
     }
-    theirs = dlib_descriptors(dat, chips)
-    if theirs is not None:
-        import dlib  # type: ignore[import-not-found,unused-ignore]
-
+    found = dlib_descriptors(dat, chips, helper_binary)
+    if found is not None:
+        theirs, how = found
         report["max_abs_onnx_vs_dlib"] = float(np.abs(batch - theirs).max())
         report["max_abs_numpy_reference_vs_dlib"] = float(np.abs(reference - theirs).max())
-        report["dlib_version"] = str(dlib.__version__)
+        report["dlib"] = f"{how}{', ' + dlib_label if dlib_label else ''}"
     worst = max(v for k, v in report.items() if k.startswith("max_abs"))
     if worst > MAX_ABS_VS_REFERENCE:
         raise AssertionError(f"conversion check failed: {report}")
@@ -353,6 +368,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--lfw-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "lfw")
+    parser.add_argument(
+        "--dlib-check",
+        type=Path,
+        default=None,
+        help="compiled models/dlib_check.cpp: also compare with dlib's own forward pass (see that file)",
+    )
+    parser.add_argument(
+        "--dlib-label",
+        default="",
+        help="how that binary was built, recorded in the card (e.g. the dlib version)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command = "python -m models.convert_dlib " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -360,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     dat, provenance = read_source(args.source)
     net = read_dlib_resnet(dat)
     model = build_onnx(net)
-    checks = verify(model, net, dat, check_chips(args.lfw_dir))
+    checks = verify(model, net, dat, check_chips(args.lfw_dir), args.dlib_check, args.dlib_label)
     logger.info("conversion checks: %s", checks)
     buffer = io.BytesIO()
     onnx.save_model(model, buffer)

@@ -13,6 +13,7 @@ from service.api.middleware import BodySizeLimit, RequestMetrics
 from service.api.problems import install_problem_handlers
 from service.api.routes import collections, faces, health, identify, subjects, verify
 from service.bootstrap import build_services
+from service.errors import InvalidModelCard
 from service.observability import Metrics
 from service.settings import Settings
 
@@ -24,7 +25,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await asyncio.to_thread(build_services, settings, metrics)
+        try:
+            services = await asyncio.to_thread(build_services, settings, metrics)
+        except InvalidModelCard as exc:  # the one line an operator needs, before the traceback
+            logger.error("refusing to start: %s", exc.detail)
+            raise
         await services.engine.start()
         app.state.services = services
         logger.info("ready on %s:%d", settings.host, settings.port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -19,9 +20,11 @@ from service.errors import InvalidModelCard
 from service.runtime.alignment import (
     ALIGNMENTS,
     ARCFACE_5PT_112,
+    ARCFACE_TEMPLATE_112,
     DLIB_5PT_150,
     align_face,
     dlib_chip_template,
+    estimate_similarity,
     get_alignment,
 )
 from service.runtime.detector import YuNetDetector, load_detector
@@ -70,14 +73,20 @@ def test_templates_are_named_choices() -> None:
 
 
 def test_arcface_template_results_are_unchanged(detector: YuNetDetector, lfw_image: ImagePath) -> None:
-    """The default path (align_face with a size) still gives the historical ArcFace crop."""
+    """The ArcFace crop is byte for byte what the hard-wired aligner made: Umeyama onto the 112 template,
+    bicubic, black border."""
     image = load_rgb(lfw_image("George_W_Bush", 1))
     points = landmarks_of(detector, image)
-    np.testing.assert_array_equal(align_face(image, points, (112, 112)), ARCFACE_5PT_112.align(image, points))
-    np.testing.assert_array_equal(
-        align_face(image, points, (112, 112)),
-        get_alignment("arcface_5pt_112").at_size((112, 112)).align(image, points),
+    before = cv2.warpAffine(
+        image,
+        estimate_similarity(points, ARCFACE_TEMPLATE_112),
+        (112, 112),
+        flags=cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
     )
+    np.testing.assert_array_equal(align_face(image, points, (112, 112)), before)
+    np.testing.assert_array_equal(get_alignment("arcface_5pt_112").align(image, points), before)
 
 
 def test_dlib_template_agrees_with_dlibs_own_five_points() -> None:

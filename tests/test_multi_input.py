@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,25 @@ def test_a_card_that_does_not_match_its_graph_is_refused_at_start_up(
     with pytest.raises(InvalidModelCard, match=REFUSALS[change]) as refused:
         load_face_models(settings)
     assert refused.value.code == "invalid_model_card"
+
+
+def test_the_app_refuses_to_start_and_says_why(
+    model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    card = v2_card()
+    _mutate(card, "wrong_size")
+    (model_dir / "bad_app.json").write_text(json.dumps(card))
+    settings = Settings(
+        model_dir=model_dir,
+        embedder_card="bad_app.json",
+        execution_provider="cpu",
+        database_url=f"sqlite:///{tmp_path}/faces.db",
+        index_dir=tmp_path / "index",
+    )
+    with caplog.at_level(logging.ERROR), pytest.raises(InvalidModelCard), TestClient(create_app(settings)):
+        pass
+    assert "refusing to start" in caplog.text
+    assert "input 'dlib/input'" in caplog.text
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def dlib_chip_template(size: int = DLIB_CHIP_SIZE, padding: float = DLIB_CHIP_PA
     return np.ascontiguousarray((padding + unit) / (1.0 + 2.0 * padding) * size, dtype=np.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: it holds an array
 class AlignmentTemplate:
     """Where the five landmarks go in a crop of ``size`` (width, height), and how pixels are resampled."""
 
