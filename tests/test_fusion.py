@@ -28,10 +28,13 @@ from models.train.fusion_export import (
     load_backbone,
     make_card,
     parity,
+    reference_embeddings,
 )
+from service.runtime.analyzer import FaceAnalyzer
 from service.runtime.detector import load_detector
 from service.runtime.embedder import load_embedder
 from service.runtime.imaging import decode_image
+from service.runtime.quality import QualityConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO_ROOT / "models" / "artifacts"
@@ -164,3 +167,32 @@ def test_fused_onnx_matches_the_reference_and_embeds_alone_as_in_a_batch(
     loaded = load_projection(save_projection_path)
     np.testing.assert_allclose(loaded.embed([batch, batch]), trained.embed([batch, batch]), atol=1e-5)
     assert loaded.meta == {"command": "test"}
+
+
+FUSED = ARTIFACTS / "fused_sface_dlib"
+
+
+def test_shipped_fused_model_matches_its_backbones_and_projection(lfw_image) -> None:  # type: ignore[no-untyped-def]
+    """The shipped graph, loaded as the service loads it, against SFace's and dlib's own ONNX files plus
+    the NumPy head (projection.npz): < 1e-4 on real LFW faces, and a face alone embeds as in a batch."""
+    embedder, card = load_embedder(FUSED, "embedder.json", "cpu", 1)
+    assert card.format_version == 2
+    assert [spec.alignment for spec in card.model_inputs] == ["arcface_5pt_112", "dlib_5pt_150"]
+    detector = load_detector(FUSED / "yunet_2023mar_fp32.onnx", "cpu", 1, 0.6, 640)
+    analyzer = FaceAnalyzer(detector, embedder.alignments, QualityConfig())
+    photos = [lfw_image(p, n) for p in ("Colin_Powell", "Serena_Williams", "Tony_Blair") for n in (1, 2)]
+    faces = [analyzer.analyze(decode_image(p.read_bytes(), max_pixels=10**7), max_faces=1)[0] for p in photos]
+    crops = [np.stack([f.crops[i] for f in faces]) for i in range(2)]
+    fused = embedder.embed(crops)
+    backbones = [
+        load_backbone("sface", ARTIFACTS, "embedder.json"),
+        load_backbone("dlib", ARTIFACTS / "dlib_resnet_v1", "embedder.json"),
+    ]
+    reference = reference_embeddings(backbones, load_projection(FUSED / "projection.npz"), crops)
+    assert float(np.abs(fused - reference).max()) < MAX_ABS_DIFF
+    alone = embedder.embed([c[2:3] for c in crops])
+    np.testing.assert_allclose(alone[0], fused[2], atol=1e-5)
+    # Same person closer than different people, at the card's verification threshold.
+    d = squared(fused[:, None], fused[None, :])
+    assert d[0, 1] < card.threshold < d[0, 2]
+    assert d[2, 3] < card.threshold < d[2, 4]

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -356,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
             if key in existing:
                 card[key] = existing[key]
     card_path.write_text(json.dumps(card, indent=2) + "\n")
+    # The head's own arrays beside the graph: the reference the parity test recomputes.
+    if args.projection.resolve() != (args.out / "projection.npz").resolve():
+        shutil.copyfile(args.projection, args.out / "projection.npz")
     detector_link = args.out / args.detector
     if not detector_link.exists():
         os.symlink(
