@@ -2,9 +2,9 @@
 
 Each model runs the service's own pipeline (``FaceAnalyzer``: YuNet → one aligned crop per model input →
 quality; then the ONNX embedder), largest face of each of the same decoded LFW images, batch 1 and 32,
-best of ``--repeats`` after a warm-up. The flip rows add horizontal-flip test-time averaging (each face
-also embedded mirrored, the two unit vectors averaged): its cost, beside its accuracy in
-``models/train/results/fusion``.
+best of ``--repeats`` runs interleaved between the two models after a warm-up. The flip rows add
+horizontal-flip test-time averaging (each face also embedded mirrored, the two unit vectors
+averaged): its cost, beside its accuracy in ``models/train/results/fusion``.
 
     python -m bench.bench_fused --fused-dir models/artifacts/fused_sface_dlib
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from bench.bench_pipeline import pick_images, timed
+from bench.bench_pipeline import pick_images
 from bench.common import DEFAULT_LFW_ROOT, Report, Table, finish_report, fmt, start_report
 from service.runtime.analyzer import FaceAnalyzer
 from service.runtime.embedder import OnnxEmbedder, load_detector, load_embedder
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument(
         "--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0 = all cores)"
     )
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> Report:
     settings = Settings()
     paths = pick_images(args.lfw_dir, args.images)
     images = [decode_image(p.read_bytes(), max_pixels=settings.max_image_pixels) for p in paths]
-    rows: list[Row] = []
     providers: dict[str, str] = {}
+    setups: list[tuple[str, FaceAnalyzer, OnnxEmbedder]] = []
     for model_dir in (args.base_dir, args.fused_dir):
         embedder, card = load_embedder(model_dir, settings.embedder_card, "cpu", args.threads)
         detector = load_detector(
@@ -106,14 +106,28 @@ def main(argv: list[str] | None = None) -> Report:
             settings.detector_score_threshold,
             settings.detection_max_side,
         )
-        analyzer = FaceAnalyzer(detector, embedder.alignments, QualityConfig())
+        setups.append((card.name, FaceAnalyzer(detector, embedder.alignments, QualityConfig()), embedder))
         providers[card.name] = active_provider(embedder.session)
-        for flip in (False, True):
-            for batch in (1, 32):
-                stage = "detect+align+embed" + (" + flip TTA" if flip else "")
-                seconds, processed = timed(pipeline(images, analyzer, embedder, batch, flip), args.repeats)
-                rows.append(Row(card.name, stage, batch, processed, seconds))
-                print(f"{card.name} {stage} batch {batch}: {processed / seconds:.1f} images/s", flush=True)
+    rows: list[Row] = []
+    for flip in (False, True):
+        for batch in (1, 32):
+            stage = "detect+align+embed" + (" + flip TTA" if flip else "")
+            runs = [
+                (name, pipeline(images, analyzer, embedder, batch, flip))
+                for name, analyzer, embedder in setups
+            ]
+            for _, run in runs:
+                run()  # warm-up
+            # Interleaved: SFace, fused, SFace, fused, ... so both see the same background load.
+            best = {name: float("inf") for name, _ in runs}
+            for _ in range(args.repeats):
+                for name, run in runs:
+                    began = time.perf_counter()
+                    run()
+                    best[name] = min(best[name], time.perf_counter() - began)
+            for name, _ in runs:
+                rows.append(Row(name, stage, batch, len(images), best[name]))
+                print(f"{name} {stage} batch {batch}: {len(images) / best[name]:.1f} images/s", flush=True)
 
     base = rows[0].model
     base_rate = {(r.stage, r.batch): r.images_per_s for r in rows if r.model == base}
@@ -132,8 +146,8 @@ def main(argv: list[str] | None = None) -> Report:
         )
     table.notes.append(
         f"same decoded images, largest face, service pipeline (FaceAnalyzer + OnnxEmbedder, CPU graph "
-        f"rewrites on), ORT threads {args.threads or 'all'}, best of {args.repeats} after a warm-up; "
-        "flip TTA embeds each face and its mirror"
+        f"rewrites on), ORT threads {args.threads or 'all'}, best of {args.repeats} interleaved runs "
+        "(SFace, fused, SFace, ...) after a warm-up; flip TTA embeds each face and its mirror"
     )
     report.tables.append(table)
     report.raw = {
