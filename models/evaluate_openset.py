@@ -137,7 +137,12 @@ def embed_lfw(
         {
             "embedder": file_digest(args.model_dir / card.onnx_file),
             "detector": file_digest(args.model_dir / args.detector),
-            "input": [spec.model_dump() for spec in card.model_inputs],
+            # One input: the v1 key (caches stay valid); several: every input's spec and alignment.
+            "input": (
+                card.single_input.model_dump()
+                if len(card.model_inputs) == 1
+                else [spec.model_dump() for spec in card.model_inputs]
+            ),
             "score_threshold": args.score_threshold,
             "max_side": args.max_side,
             "min_side": args.min_side,
