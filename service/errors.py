@@ -108,3 +108,9 @@ class Forbidden(ServiceError):
 
 class NotReady(ServiceError):
     code, status, title = "not_ready", 503, "Service not ready"
+
+
+class VectorEngineUnavailable(ServiceError):
+    """The vector engine (Milvus) did not answer; the store, the source of truth, is unaffected."""
+
+    code, status, title = "index_unavailable", 503, "Vector engine unavailable"
