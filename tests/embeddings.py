@@ -26,7 +26,9 @@ class LfwGallery:
 
 def embed_lfw_people(lfw_root: Path, n_people: int) -> LfwGallery:
     """The first ``n_people`` (alphabetically) with at least four photos, embedded end to end."""
-    detector = load_detector(MODEL_DIR / "yunet_2023mar_fp32.onnx", "cpu", 1, score_threshold=0.6, max_side=640)
+    detector = load_detector(
+        MODEL_DIR / "yunet_2023mar_fp32.onnx", "cpu", 1, score_threshold=0.6, max_side=640
+    )
     embedder, _ = load_embedder(MODEL_DIR, "embedder.json", "cpu", 1)
     analyzer = FaceAnalyzer(detector, embedder.input_size, QualityConfig())
     enrolled: dict[str, NDArray[np.float32]] = {}

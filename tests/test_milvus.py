@@ -23,7 +23,7 @@ from tests.embeddings import LfwGallery, embed_lfw_people, enroll_into, unit_vec
 
 pytest.importorskip("pymilvus", reason='the Milvus engine needs pip install -e ".[milvus]"')
 
-from service.index.milvus_index import MilvusIndex  # noqa: E402
+from service.index.milvus_index import MilvusIndex
 
 
 @pytest.fixture(scope="module")
