@@ -318,6 +318,14 @@ class MilvusIndex:
             self._write(lambda ids=ids: self._client.delete(self._name, ids=ids))  # type: ignore[misc]
             deleted += len(ids)
 
+    def flush(self) -> None:
+        """Seal growing segments (after a bulk load); Milvus also does this by itself over time."""
+        self._client.flush(self._name)
+
+    def destroy(self) -> None:
+        """Drop the whole Milvus collection, every face collection in it (benchmarks, tests)."""
+        self._client.drop_collection(self._name)
+
     def close(self) -> None:
         self._client.close()
 
