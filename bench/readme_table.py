@@ -145,6 +145,24 @@ def _accuracy(report: Report) -> Iterator[Row]:
         yield "LFW 10-fold accuracy, same 6000 pairs", text, report.command
 
 
+def _milvus(report: Report) -> Iterator[Row]:
+    rows = report.raw.get("rows", [])
+    for faiss_row in (r for r in rows if r["engine"] == "faiss"):
+        size = faiss_row["gallery"]
+        strong = _find(rows, engine="milvus", gallery=size, consistency="Strong")
+        bounded = _find(rows, engine="milvus", gallery=size, consistency="Bounded")
+        if strong is None or bounded is None:
+            continue
+        faiss_p50 = faiss_row["identify"]["p50_ms"]
+        strong_p50, bounded_p50 = strong["identify"]["p50_ms"], bounded["identify"]["p50_ms"]
+        text = (
+            f"FAISS in process {fmt(faiss_p50)} ms; Milvus Strong {fmt(strong_p50)} ms "
+            f"({fmt(strong_p50 / faiss_p50)}×, read-your-writes across replicas), "
+            f"Bounded {fmt(bounded_p50)} ms ({fmt(bounded_p50 / faiss_p50)}×)"
+        )
+        yield f"exact search p50 at {fmt_count(size)} faces, FAISS vs Milvus 2.3.5", text, report.command
+
+
 ROWS: list[tuple[str, Callable[[Report], Iterator[Row]]]] = [
     ("bench_embed", _embed),
     ("bench_http", _http),
@@ -153,6 +171,7 @@ ROWS: list[tuple[str, Callable[[Report], Iterator[Row]]]] = [
     ("bench_search", _search),
     ("bench_memory", _memory),
     ("bench_accuracy", _accuracy),
+    ("bench_milvus", _milvus),
 ]
 
 
