@@ -5,8 +5,8 @@ Both engines are driven through the service's own ``VectorIndex`` implementation
 ``Gallery.search`` calls them (top-40 hits for a top-5 answer). Milvus is a real 2.3.5 standalone
 server started from the PyPI wheel on this machine (FLAT index: exact, like FAISS).
 
-    python -m bench.bench_milvus                    # 100k
-    python -m bench.bench_milvus --sizes 100k,1M    # + 1M (about 3 GB of RAM in all)
+    python -m bench.bench_milvus --sizes 100k,1M --time-tick-ms 20   # as deploy/ configures Milvus
+    python -m bench.bench_milvus --time-tick-ms 200 --tag tick200   # Milvus's default time tick
     python -m bench.bench_milvus --milvus-uri http://host:19530   # an existing server instead
 """
 
@@ -196,10 +196,11 @@ def main(argv: list[str] | None = None) -> Report:
         "--time-tick-ms", type=int, default=200, help="proxy.timeTickInterval of the started server"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default="", help="save as bench_milvus-<tag>.json beside the default run")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    report = start_report("bench_milvus", argv)
+    report = start_report("bench_milvus", argv, tag=args.tag)
     workdir = Path(tempfile.mkdtemp(prefix="faces-bench-milvus-"))
     server = None
     try:

@@ -8,7 +8,18 @@ import pytest
 
 from bench.milvus_server import MilvusServer, free_port, milvus_server_bin
 
-__all__ = ["MilvusServer", "free_port", "require_milvus_server"]
+__all__ = ["MilvusServer", "free_port", "require_milvus_server", "require_pymilvus"]
+
+
+def require_pymilvus() -> None:
+    """The Milvus engine's client: skipped locally without the extra, a failure on CI (CI=true)."""
+    try:
+        import pymilvus  # noqa: F401
+    except ImportError:
+        reason = 'the Milvus engine needs pymilvus: pip install -e ".[milvus]" (or ".[dev]")'
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason, allow_module_level=True)
 
 
 def require_milvus_server() -> str:

@@ -17,6 +17,7 @@ from PIL import Image
 from service.main import create_app
 from service.settings import Settings
 from tests.helpers import group_photo, jpeg_bytes, no_face_photo, png_bytes
+from tests.milvus_server import require_pymilvus
 
 LfwImage = Callable[[str, int], Path]
 PROBLEM = "application/problem+json"
@@ -32,7 +33,7 @@ def make_settings(tmp: Path, backend: str = "faiss", **overrides: Any) -> Settin
 def backend(request: pytest.FixtureRequest) -> str:
     """The vector engine under test: embedded FAISS, or Milvus through milvus-lite."""
     if request.param == "milvus":
-        pytest.importorskip("pymilvus", reason='the Milvus engine needs pip install -e ".[milvus]"')
+        require_pymilvus()
     return str(request.param)
 
 

@@ -20,10 +20,11 @@ from service.index.faiss_index import IndexRegistry
 from service.storage.records import NewFace
 from service.storage.store import FaceStore
 from tests.embeddings import LfwGallery, embed_lfw_people, enroll_into, unit_vectors
+from tests.milvus_server import require_pymilvus
 
-pytest.importorskip("pymilvus", reason='the Milvus engine needs pip install -e ".[milvus]"')
+require_pymilvus()
 
-from service.index.milvus_index import MilvusIndex
+from service.index.milvus_index import MilvusIndex  # noqa: E402
 
 
 @pytest.fixture(scope="module")

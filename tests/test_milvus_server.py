@@ -18,12 +18,12 @@ from service.domain.gallery import Gallery
 from service.index.faiss_index import IndexRegistry
 from service.storage.store import FaceStore
 from tests.embeddings import embed_lfw_people, enroll_into, unit_vectors
-from tests.milvus_server import MilvusServer, free_port
+from tests.milvus_server import MilvusServer, free_port, require_pymilvus
 from tests.test_crash import Server, milvus_env
 
-pytest.importorskip("pymilvus", reason='the Milvus engine needs pip install -e ".[milvus]"')
+require_pymilvus()
 
-from service.index.milvus_index import MilvusIndex
+from service.index.milvus_index import MilvusIndex  # noqa: E402
 
 pytestmark = pytest.mark.slow
 LfwImage = Callable[[str, int], Path]
