@@ -35,6 +35,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class ServerDied(RuntimeError):
+    """The server binary exited during start-up, or never became ready."""
+
+
 @dataclass
 class MilvusServer:
     data_dir: Path
@@ -50,12 +54,34 @@ class MilvusServer:
     def log(self) -> Path:
         return self.data_dir / "launcher.log"
 
-    def start(self, timeout_s: float = 120.0) -> None:
+    def start(self, timeout_s: float = 90.0, attempts: int = 3) -> None:
+        """Start and wait until a client call succeeds.
+
+        A restart on an existing data dir sometimes never becomes ready (its coordinators keep
+        calling the previous run's sessions in etcd; ``common.session.ttl`` is 10 s here), or its
+        binary exits; a second launch on the same data then starts in ~10 s, so it is retried.
+        """
+        for attempt in range(1, attempts + 1):
+            self._launch()
+            try:
+                self.wait_ready(timeout_s)
+                return
+            except ServerDied:
+                self.stop()
+                if attempt == attempts:
+                    raise
+                time.sleep(12)  # let the stale sessions expire
+
+    def _launch(self) -> None:
         launcher = milvus_server_bin()
         if launcher is None:
             raise RuntimeError("milvus-server not found: pip install milvus==2.3.5 (in the dev extra)")
         extra = [f"{c}.ip=127.0.0.1" for c in COMPONENTS]
-        extra += [f"proxy.timeTickInterval={self.time_tick_ms}", "common.gracefulStopTimeout=5"]
+        extra += [
+            f"proxy.timeTickInterval={self.time_tick_ms}",
+            "common.gracefulStopTimeout=10",
+            "common.session.ttl=10",
+        ]
         args = [launcher, "--data", str(self.data_dir), "--proxy-port", str(self.port)]
         for item in extra:
             args += ["--extra-config", item]
@@ -64,17 +90,18 @@ class MilvusServer:
             self.process = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        self.wait_ready(timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:
         from pymilvus import MilvusClient, MilvusException
 
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
         last: Exception | None = None
-        while time.monotonic() < deadline:
+        while time.monotonic() < started + timeout_s:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"milvus-server exited:\n{self._logs()}")
+            if time.monotonic() > started + 5 and not self._binary_alive(self.process.pid):
+                raise ServerDied(f"the milvus binary exited while starting:\n{self._logs()}")
             try:
                 client = MilvusClient(uri=self.uri, timeout=5)
                 client.list_collections()
@@ -83,12 +110,25 @@ class MilvusServer:
             except (MilvusException, OSError) as exc:  # health may answer before gRPC does
                 last = exc
                 time.sleep(0.5)
-        raise RuntimeError(
+        raise ServerDied(
             f"milvus-server not ready in {timeout_s}s ({last}); note that Milvus 2.3.5 standalone locks "
             f"/run/milvus/standalone.pid: one server per machine at a time.\n{self._logs()}"
         )
 
-    def stop(self, sig: int = signal.SIGTERM, grace_s: float = 20.0) -> None:
+    @staticmethod
+    def _binary_alive(group: int) -> bool:
+        """Whether a process of the launcher's group other than the launcher runs (not a zombie)."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            pid = int(stat.parent.name)
+            if pid != group and int(fields[2]) == group and fields[0] != "Z":
+                return True
+        return False
+
+    def stop(self, sig: int = signal.SIGTERM, grace_s: float = 60.0) -> None:
         """Signal the launcher's whole process group and wait for the server binary to exit.
 
         A clean stop lets Milvus revoke its etcd sessions; after a SIGKILL the next start waits for

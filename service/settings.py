@@ -34,9 +34,13 @@ class Settings(BaseSettings):
     milvus_token: str = ""
     milvus_db: str = ""  # empty: the server's "default" database
     milvus_collection: str = Field(default="faces", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
-    # Identify's read consistency. Strong = read-your-writes across replicas (waits for the next
-    # time tick, ~proxy.timeTickInterval); Bounded/Eventually may miss faces enrolled seconds ago.
-    milvus_search_consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
+    # Identify's read consistency. Customized = as of the last insert any replica acknowledged (its
+    # Milvus timestamp is kept in the store): read-your-writes across replicas, waiting only right
+    # after a write. Strong = the same guarantee, but every search waits for the next time tick
+    # (~proxy.timeTickInterval); Bounded/Eventually may miss faces enrolled a moment ago.
+    milvus_search_consistency: Literal["Customized", "Strong", "Bounded", "Session", "Eventually"] = (
+        "Customized"
+    )
     milvus_timeout_s: float = Field(default=10.0, gt=0.0)
     # How often every replica compares the store with the vector engine and repairs differences.
     index_reconcile_interval_s: float = Field(default=60.0, ge=0.0)  # 0 = only at start-up

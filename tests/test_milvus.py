@@ -110,6 +110,8 @@ def test_writes_through_the_gallery_are_searchable_and_removable(
     gallery.delete_subject("office", "crowd")
     gallery.delete_subject("office", person)
     assert person not in {c.subject_id for c in answers(gallery, probe[None], 5)[0]}
+    office = store.collection_pk("office")
+    written_before = store.vector_write_ts(office)
     gallery.add_faces(
         "office",
         person,
@@ -117,6 +119,12 @@ def test_writes_through_the_gallery_are_searchable_and_removable(
         create_subject=True,
     )
     assert answers(gallery, probe[None], 1)[0][0].subject_id == person
+    # milvus-lite is always consistent and reports no write timestamps (the server lane checks them);
+    # the store keeps the newest one any replica reports, never going backwards.
+    assert store.vector_write_ts(office) == written_before == 0
+    for reported in (500, 200, 700):
+        store.record_vector_write(office, reported)
+    assert store.vector_write_ts(office) == 700
     gallery.delete_collection("elsewhere")
     assert gallery.index_out_of_sync() == []
 

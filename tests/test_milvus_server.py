@@ -127,8 +127,14 @@ def test_start_up_repair_and_same_answers_at_ten_thousand_faces(
     found = sum(top == person for top, person in zip(tops, people.probes, strict=True))
     assert found >= 18  # real people found by an unseen photo among 10k faces
 
-    # A second engine instance (another replica's client) sees a write of the first one at once.
+    # A second engine instance (another replica's client) sees a write of the first one at once,
+    # searching as of the write's timestamp (what the store carries between replicas).
     other = MilvusIndex(store, 128, uri=milvus_server.uri, collection=name)
+    fresh = unit_vectors(1, seed=77)
+    written = index.add(pks[0], np.array([9_000_000], dtype=np.int64), fresh)
+    assert written > 0
+    assert other.search(pks[0], fresh, 1, visible_after=written)[1][0, 0] == 9_000_000
+    index.remove(pks[0], np.array([9_000_000], dtype=np.int64))
     index.remove(pks[0], np.array([store.list_faces("office", next(iter(people.probes)))[0].pk]))
     assert other.out_of_sync(pks) == pks
     assert other.reconcile(pks).inserted == 1  # the periodic pass puts the store's face back

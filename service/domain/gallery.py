@@ -85,7 +85,10 @@ class Gallery:
             if records:
                 ids = np.fromiter((r.pk for r in records), dtype=np.int64, count=len(records))
                 vectors = np.stack([f.embedding for f in faces]).astype(np.float32)
-                self.indexes.add(records[0].collection_pk, ids, vectors)
+                coll_pk = records[0].collection_pk
+                written = self.indexes.add(coll_pk, ids, vectors)
+                if written and self.indexes.tracks_writes:  # before the ack: other replicas wait for it
+                    self.store.record_vector_write(coll_pk, written)
             return records
 
     def delete_face(self, collection: str, face_id: str) -> FaceRecord:
@@ -107,9 +110,12 @@ class Gallery:
             return []
         max_k = self.indexes.max_k
         k = min(max_k, max(top_k * 8, 32))
-        sims, pks = self.indexes.search(collection_pk, rows, k)
+        # Read-your-writes across replicas: as of the last insert any replica acknowledged.
+        after = self.store.vector_write_ts(collection_pk) if self.indexes.tracks_writes else 0
+        sims, pks = self.indexes.search(collection_pk, rows, k, visible_after=after)
         return [
-            self._rank_subjects(collection_pk, row, top_k, k, sims[i], pks[i]) for i, row in enumerate(rows)
+            self._rank_subjects(collection_pk, row, top_k, k, sims[i], pks[i], after)
+            for i, row in enumerate(rows)
         ]
 
     def _rank_subjects(
@@ -120,6 +126,7 @@ class Gallery:
         k: int,
         sims: NDArray[np.float32],
         pks: NDArray[np.int64],
+        after: int,
     ) -> list[Candidate]:
         """Best face per subject; asks the index for more faces while subjects are missing."""
         while True:
@@ -137,5 +144,5 @@ class Gallery:
             if len(best) >= top_k or exhausted:
                 return sorted(best.values(), key=lambda c: c.distance)[:top_k]
             k = min(self.indexes.max_k, k * 4)
-            more_sims, more_pks = self.indexes.search(collection_pk, query[None, :], k)
+            more_sims, more_pks = self.indexes.search(collection_pk, query[None, :], k, visible_after=after)
             sims, pks = more_sims[0], more_pks[0]

@@ -60,6 +60,11 @@ class VectorIndex(Protocol):
         """The most hits one search may ask for."""
         ...
 
+    @property
+    def tracks_writes(self) -> bool:
+        """Whether ``add`` returns write timestamps that searches on other replicas must wait for."""
+        ...
+
     def load_all(self, collection_pks: Sequence[int]) -> None:
         """At start-up: make the engine hold exactly what the store holds for these collections."""
         ...
@@ -68,12 +73,19 @@ class VectorIndex(Protocol):
 
     def drop(self, collection_pk: int) -> None: ...
 
-    def add(self, collection_pk: int, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None: ...
+    def add(self, collection_pk: int, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> int:
+        """Returns the engine timestamp that makes the write visible (0: visible at once)."""
+        ...
 
     def remove(self, collection_pk: int, ids: NDArray[np.int64]) -> None: ...
 
-    def search(self, collection_pk: int, queries: NDArray[np.float32], k: int) -> SearchHits:
-        """Top-k per query row; an unknown or empty collection gives rows with no hits."""
+    def search(
+        self, collection_pk: int, queries: NDArray[np.float32], k: int, *, visible_after: int = 0
+    ) -> SearchHits:
+        """Top-k per query row; an unknown or empty collection gives rows with no hits.
+
+        ``visible_after``: an ``add`` timestamp (from any replica) whose write the answer must include.
+        """
         ...
 
     def sizes(self, collection_pks: Sequence[int]) -> dict[int, int]:

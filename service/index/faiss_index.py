@@ -207,18 +207,25 @@ class IndexRegistry:
     def max_k(self) -> int:
         return 2**31 - 1
 
+    @property
+    def tracks_writes(self) -> bool:
+        return False  # one process: a write is visible as soon as add returns
+
     # -- base.VectorIndex ------------------------------------------------------------------
 
     def create(self, collection_pk: int) -> None:
         self.get(collection_pk)
 
-    def add(self, collection_pk: int, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
+    def add(self, collection_pk: int, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> int:
         self.get(collection_pk).add(ids, vectors)
+        return 0
 
     def remove(self, collection_pk: int, ids: NDArray[np.int64]) -> None:
         self.get(collection_pk).remove(ids)
 
-    def search(self, collection_pk: int, queries: NDArray[np.float32], k: int) -> SearchHits:
+    def search(
+        self, collection_pk: int, queries: NDArray[np.float32], k: int, *, visible_after: int = 0
+    ) -> SearchHits:
         index = self.find(collection_pk)
         if index is None:
             return no_hits(len(np.atleast_2d(queries)))

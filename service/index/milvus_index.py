@@ -14,10 +14,13 @@ Milvus 2.3.5 routes ``upsert`` rows to the wrong partition when the collection h
 (fixed upstream in milvus-io/milvus#30772, 2.3.10/2.4): rows then vanish from filtered searches.
 This module therefore never upserts: a repair is delete-by-pk followed by insert.
 
-Reads: identify searches at ``FACES_MILVUS_SEARCH_CONSISTENCY`` (Strong by default), so a face
-acknowledged by any replica is found by the next identify on any other replica; the cost is the wait
-for the proxy's next time tick (``proxy.timeTickInterval``, 200 ms by default; see the README).
-Counts and repairs always read Strong.
+Reads: identify searches at ``FACES_MILVUS_SEARCH_CONSISTENCY``. The default, ``Customized``, gives
+read-your-writes across replicas cheaply: every acknowledged insert's Milvus timestamp is kept in the
+store (``store.record_vector_write``, by the Gallery), and every replica searches with the latest one
+as its guarantee timestamp, so Milvus waits only when the collection was written a moment ago.
+``Strong`` gives the same guarantee but waits for the proxy's next time tick on every search
+(``proxy.timeTickInterval``, 200 ms by default); ``Bounded``/``Eventually`` may miss faces enrolled a
+moment ago through another replica. Counts and repairs always read Strong.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from service.index.base import EmbeddingSource, ReconcileReport, SearchHits, as_
 
 logger = logging.getLogger(__name__)
 
-Consistency = Literal["Strong", "Bounded", "Session", "Eventually"]
+Consistency = Literal["Customized", "Strong", "Bounded", "Session", "Eventually"]
 T = TypeVar("T")
 
 PK_FIELD, PARTITION_FIELD, VECTOR_FIELD = "pk", "collection_pk", "embedding"
@@ -61,7 +64,7 @@ class MilvusIndex:
         collection: str = "faces",
         token: str = "",
         db_name: str = "",
-        search_consistency: Consistency = "Strong",
+        search_consistency: Consistency = "Customized",
         timeout_s: float = 10.0,
     ) -> None:
         self._store = store
@@ -100,6 +103,10 @@ class MilvusIndex:
     @property
     def consistency(self) -> Consistency:
         return self._consistency
+
+    @property
+    def tracks_writes(self) -> bool:
+        return self._consistency == "Customized"
 
     # -- schema ----------------------------------------------------------------------------
 
@@ -142,18 +149,27 @@ class MilvusIndex:
     def drop(self, collection_pk: int) -> None:
         self._write(lambda: self._client.delete(self._name, filter=_in_collection(collection_pk)))
 
-    def add(self, collection_pk: int, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
+    def add(self, collection_pk: int, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> int:
+        """Insert; returns the Milvus timestamp of the last batch (searches as of it include them)."""
         if len(ids) == 0:
-            return
+            return 0
         rows = as_unit_rows(vectors, self._dim)
         pks = np.asarray(ids, dtype=np.int64)
+        written = 0
         for start in range(0, len(pks), INSERT_BATCH):
             end = start + INSERT_BATCH
             batch = [
                 {PK_FIELD: int(pk), PARTITION_FIELD: int(collection_pk), VECTOR_FIELD: row}
                 for pk, row in zip(pks[start:end], rows[start:end], strict=True)
             ]
-            self._write(lambda batch=batch: self._client.insert(self._name, batch))  # type: ignore[misc]
+            written = max(written, self._write(lambda batch=batch: self._insert(batch)))  # type: ignore[misc]
+        return written
+
+    def _insert(self, rows: list[dict[str, Any]]) -> int:
+        # MilvusClient.insert drops the mutation's timestamp; the connection under it returns it
+        # (pymilvus is pinned; tests/test_milvus_server.py fails if this stops carrying it).
+        result = self._client._get_connection().insert_rows(self._name, rows)
+        return int(getattr(result, "timestamp", 0) or 0)
 
     def remove(self, collection_pk: int, ids: NDArray[np.int64]) -> None:
         pks = [int(pk) for pk in np.asarray(ids, dtype=np.int64)]
@@ -178,9 +194,14 @@ class MilvusIndex:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def search(self, collection_pk: int, queries: NDArray[np.float32], k: int) -> SearchHits:
+    def search(
+        self, collection_pk: int, queries: NDArray[np.float32], k: int, *, visible_after: int = 0
+    ) -> SearchHits:
         rows = as_unit_rows(queries, self._dim)
         k = max(1, min(k, MAX_WINDOW))
+        consistency: dict[str, Any] = {"consistency_level": self._consistency}
+        if self._consistency == "Customized":  # as of the last acknowledged write (1: no wait)
+            consistency["guarantee_timestamp"] = max(int(visible_after), 1)
         try:
             results = self._client.search(
                 self._name,
@@ -190,7 +211,7 @@ class MilvusIndex:
                 filter=_in_collection(collection_pk),
                 output_fields=[],
                 search_params={"metric_type": "IP", "params": {}},
-                consistency_level=self._consistency,
+                **consistency,
             )
         except MilvusException as exc:
             raise VectorEngineUnavailable("The vector engine did not answer the search.") from exc
