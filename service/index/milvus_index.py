@@ -105,6 +105,15 @@ class MilvusIndex:
         return self._consistency
 
     @property
+    def uri(self) -> str:
+        return self._uri
+
+    @property
+    def name(self) -> str:
+        """The Milvus collection."""
+        return self._name
+
+    @property
     def tracks_writes(self) -> bool:
         return self._consistency == "Customized"
 
