@@ -11,7 +11,7 @@ in full at start-up (every pk compared, batch by batch), and by counts every
 differs. Repairs are idempotent (delete by pk, then insert), so replicas may run them concurrently.
 
 Milvus 2.3.5 routes ``upsert`` rows to the wrong partition when the collection has a partition key
-(fixed upstream in milvus-io/milvus#30772, 2.3.10/2.4): rows then vanish from filtered searches.
+(fixed upstream by milvus-io/milvus#30772, Feb. 2024): rows then vanish from filtered searches.
 This module therefore never upserts: a repair is delete-by-pk followed by insert.
 
 Reads: identify searches at ``FACES_MILVUS_SEARCH_CONSISTENCY``. The default, ``Customized``, gives
