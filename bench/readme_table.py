@@ -158,6 +158,26 @@ def _calibrate(report: Report) -> Iterator[Row]:
     yield f"calibrate a collection's identify threshold at {sizes} faces", text, report.command
 
 
+def _milvus(report: Report) -> Iterator[Row]:
+    rows = report.raw.get("rows", [])
+    for faiss_row in (r for r in rows if r["engine"] == "faiss"):
+        size = faiss_row["gallery"]
+        faiss_p50 = faiss_row["identify"]["p50_ms"]
+        parts = []
+        for level, note in (
+            ("Customized", ", the default: read-your-writes across replicas"),
+            ("Strong", ", read-your-writes, waits every time"),
+            ("Bounded", ""),
+        ):
+            row = _find(rows, engine="milvus", gallery=size, consistency=level)
+            if row is not None:
+                p50 = row["identify"]["p50_ms"]
+                parts.append(f"{level} {fmt(p50)} ms ({fmt(p50 / faiss_p50)}×{note})")
+        if parts:
+            text = f"FAISS in process {fmt(faiss_p50)} ms; Milvus " + ", ".join(parts)
+            yield f"exact search p50 at {fmt_count(size)} faces, FAISS vs Milvus 2.3.5", text, report.command
+
+
 ROWS: list[tuple[str, Callable[[Report], Iterator[Row]]]] = [
     ("bench_embed", _embed),
     ("bench_http", _http),
@@ -167,6 +187,7 @@ ROWS: list[tuple[str, Callable[[Report], Iterator[Row]]]] = [
     ("bench_memory", _memory),
     ("bench_accuracy", _accuracy),
     ("bench_calibrate", _calibrate),
+    ("bench_milvus", _milvus),
 ]
 
 

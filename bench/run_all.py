@@ -5,7 +5,7 @@ Each benchmark runs in its own process (clean thread pools and memory) and saves
 from every saved result, each number next to the command that produced it.
 
     python -m bench                                  # all but accuracy (about 10 minutes on 2 cores)
-    python -m bench --full                           # + 1M rows and the LFW accuracy comparison
+    python -m bench --full                           # + 1M rows, LFW accuracy, Milvus next to FAISS
     python -m bench --only accuracy                  # one benchmark
     python -m bench --report-only                    # just rebuild the summary and markdown
     python -m bench --device gpu                     # GPU paths (CUDA ONNX Runtime, GPU FAISS)
@@ -36,6 +36,7 @@ ORDER = [
     "bench_calibrate",
     "bench_large_images",
     "bench_hostile",
+    "bench_milvus",
 ]
 DEFAULT = ["search", "stages", "pipeline", "embed", "http", "memory", "calibrate", "large_images", "hostile"]
 TITLES = {
@@ -49,6 +50,7 @@ TITLES = {
     "bench_calibrate": "Self-calibration of a collection's identify threshold",
     "bench_large_images": "Large images: before / after reduced-size decoding",
     "bench_hostile": "Hostile inputs (reliability)",
+    "bench_milvus": "Milvus next to FAISS (identify, enroll, consistency)",
 }
 
 
@@ -58,6 +60,8 @@ def bench_argv(name: str, args: argparse.Namespace) -> list[str]:
     argv = ["--device", args.device] if name in ("search", "embed", "http", "memory") else []
     if args.full and name in ("search", "stages", "memory", "calibrate"):
         argv.append("--full")
+    if args.full and name == "milvus":
+        argv += ["--sizes", "100k,1M"]
     return argv
 
 
@@ -236,6 +240,20 @@ def _hostile(raw: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _milvus(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = raw.get("rows", [])
+    out = []
+    for faiss_row in (r for r in rows if r["engine"] == "faiss"):
+        size = faiss_row["gallery"]
+        milvus = [r for r in rows if r["engine"] == "milvus" and r["gallery"] == size]
+        text = f"FAISS p50 {fmt(faiss_row['identify']['p50_ms'])} ms; Milvus " + ", ".join(
+            f"{r['consistency']} p50 {fmt(r['identify']['p50_ms'])} / p99 {fmt(r['identify']['p99_ms'])} ms"
+            for r in milvus
+        )
+        out.append((f"identify at {fmt_count(size)} faces, FAISS vs Milvus", text))
+    return out
+
+
 HEADLINES: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "bench_search": _search,
     "bench_stages": _stages,
@@ -246,6 +264,7 @@ HEADLINES: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {
     "bench_memory": _memory,
     "bench_calibrate": _calibrate,
     "bench_hostile": _hostile,
+    "bench_milvus": _milvus,
 }
 
 
@@ -358,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         default="",
         help="comma list of: search,stages,pipeline,embed,accuracy,http,memory,calibrate,large_images,"
-        "hostile",
+        "hostile,milvus",
     )
     parser.add_argument("--full", action="store_true", help="1M rows and the LFW accuracy comparison")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
@@ -366,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     selected = [n.strip() for n in args.only.split(",") if n.strip()] or (
-        [*DEFAULT, "accuracy"] if args.full else DEFAULT
+        [*DEFAULT, "accuracy", "milvus"] if args.full else DEFAULT
     )
     failures: list[str] = []
     started = time.perf_counter()

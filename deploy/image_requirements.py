@@ -1,6 +1,7 @@
 """Print the pip requirements of a container image variant, read from pyproject.toml.
 
-``cpu``: the base dependencies (CPU wheels: onnxruntime, faiss-cpu) plus the ``postgres`` extra.
+``cpu``: the base dependencies (CPU wheels: onnxruntime, faiss-cpu) plus the ``postgres`` and
+``milvus`` extras.
 ``gpu``: the same with the CPU wheels swapped for the ``gpu`` extra (onnxruntime-gpu, faiss-gpu-cu12).
 The two wheels of each pair install the same Python package, so they must never both be installed;
 resolving the list up front avoids uninstalling one over the other. Run by deploy/Dockerfile with
@@ -15,7 +16,8 @@ import tomllib
 from pathlib import Path
 
 CPU_ONLY = frozenset({"onnxruntime", "faiss-cpu"})
-EXTRAS = {"cpu": ("postgres",), "gpu": ("gpu", "postgres")}
+# Every image can run either vector engine (FACES_VECTOR_BACKEND): the milvus extra is in both.
+EXTRAS = {"cpu": ("postgres", "milvus"), "gpu": ("gpu", "postgres", "milvus")}
 # The GPU image is CUDA 12 (CUDA_BASE_IMAGE, and faiss-gpu-cu12 is built for it); onnxruntime-gpu
 # wheels from 1.27 on are built for CUDA 13 and fall back to the CPU there. pip merges this with the
 # extra's own specifier; drop it once pyproject.toml's `gpu` extra carries the bound.

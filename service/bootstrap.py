@@ -10,6 +10,7 @@ from service.domain.calibration import CalibrationSlot
 from service.domain.faces import FaceEngine
 from service.domain.gallery import Gallery
 from service.domain.thresholds import ThresholdPolicy
+from service.index.base import VectorIndex
 from service.index.faiss_index import IndexRegistry
 from service.observability import Metrics
 from service.runtime.analyzer import FaceAnalyzer
@@ -68,6 +69,27 @@ def large_image_spec(settings: Settings, analyzer: FaceAnalyzer) -> AnalyzerSpec
     )
 
 
+def build_vector_index(settings: Settings, store: FaceStore, dim: int) -> VectorIndex:
+    """The configured engine: embedded FAISS (default) or Milvus (``FACES_VECTOR_BACKEND=milvus``)."""
+    if settings.vector_backend == "milvus":
+        # Imported only when chosen: pymilvus is the optional ``[milvus]`` extra.
+        from service.index.milvus_index import MilvusIndex
+
+        return MilvusIndex(
+            store,
+            dim,
+            uri=settings.milvus_uri,
+            collection=settings.milvus_collection,
+            token=settings.milvus_token,
+            db_name=settings.milvus_db,
+            search_consistency=settings.milvus_search_consistency,
+            timeout_s=settings.milvus_timeout_s,
+        )
+    return IndexRegistry(
+        store, dim, settings.index_dir, use_gpu=settings.use_gpu_index, search_threads=settings.search_threads
+    )
+
+
 def build_services(settings: Settings, metrics: Metrics) -> Services:
     embedder, card, analyzer = load_face_models(settings)
     provider = active_provider(embedder.session)
@@ -100,13 +122,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         on_faces=metrics.faces_detected.inc,
     )
     store = FaceStore.from_url(settings.database_url)
-    indexes = IndexRegistry(
-        store,
-        card.embedding_dim,
-        settings.index_dir,
-        use_gpu=settings.use_gpu_index,
-        search_threads=settings.search_threads,
-    )
+    indexes = build_vector_index(settings, store, card.embedding_dim)
     indexes.load_all([c.pk for c in store.list_collections()])
     gallery = Gallery(store, indexes)
     metrics.watch_index(gallery.index_sizes_by_name)

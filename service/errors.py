@@ -176,3 +176,9 @@ class InvalidModelCard(ServiceError):
     Raised at start-up, before anything is served; never reaches a client."""
 
     code, status, title = "invalid_model_card", 500, "Invalid model card"
+
+
+class VectorEngineUnavailable(ServiceError):
+    """The vector engine (Milvus) did not answer; the store, the source of truth, is unaffected."""
+
+    code, status, title = "index_unavailable", 503, "Vector engine unavailable"

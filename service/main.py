@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,11 +20,25 @@ from service.api.problems import install_problem_handlers, problem_openapi
 from service.api.routes import collections, faces, health, identify, subjects, verify
 from service.bootstrap import build_services
 from service.console import mount_console
+from service.domain.gallery import Gallery
 from service.errors import InvalidModelCard
 from service.observability import Metrics
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+async def _reconcile_periodically(gallery: Gallery, interval_s: float) -> None:
+    """Repair writes that reached the store but not the vector engine (another replica's crash)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            report = await asyncio.to_thread(gallery.reconcile_index)
+        except Exception:  # a pass that fails (engine down) is retried at the next interval
+            logger.warning("index reconciliation failed; retrying in %.0fs", interval_s, exc_info=True)
+            continue
+        if report.changed:
+            logger.warning("index reconciliation: %d inserted, %d deleted", report.inserted, report.deleted)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -39,15 +54,23 @@ def create_app(settings: Settings) -> FastAPI:
             raise
         await services.engine.start()
         app.state.services = services
+        interval = settings.index_reconcile_interval_s
+        reconciler = (
+            asyncio.create_task(_reconcile_periodically(services.gallery, interval)) if interval > 0 else None
+        )
         logger.info("ready on %s:%d", settings.host, settings.port)
         try:
             yield
         finally:
             app.state.services = None
+            if reconciler is not None:
+                reconciler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reconciler
             await services.engine.stop()
-            await asyncio.to_thread(services.gallery.indexes.save_snapshots)
+            await asyncio.to_thread(services.gallery.indexes.close)
             services.gallery.store.close()
-            logger.info("stopped cleanly; index snapshots saved")
+            logger.info("stopped cleanly; index closed (FAISS snapshots saved)")
 
     app = FastAPI(
         title="Faces",

@@ -27,6 +27,25 @@ class Settings(BaseSettings):
     # barrier waits while the model uses the cores (bench/results/README_performance.md).
     search_threads: int = Field(default=1, ge=1, le=256)
 
+    # Vector engine: "faiss" (embedded, one index per process, the default) or "milvus" (shared by
+    # every API replica; pip install -e ".[milvus]"). The store stays the source of truth for both.
+    vector_backend: Literal["faiss", "milvus"] = "faiss"
+    # A Milvus server ("http://host:19530"), or a local file path for the in-process milvus-lite.
+    milvus_uri: str = "http://127.0.0.1:19530"
+    milvus_token: str = ""
+    milvus_db: str = ""  # empty: the server's "default" database
+    milvus_collection: str = Field(default="faces", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+    # Identify's read consistency. Customized = as of the last insert any replica acknowledged (its
+    # Milvus timestamp is kept in the store): read-your-writes across replicas, waiting only right
+    # after a write. Strong = the same guarantee, but every search waits for the next time tick
+    # (~proxy.timeTickInterval); Bounded/Eventually may miss faces enrolled a moment ago.
+    milvus_search_consistency: Literal["Customized", "Strong", "Bounded", "Session", "Eventually"] = (
+        "Customized"
+    )
+    milvus_timeout_s: float = Field(default=10.0, gt=0.0)
+    # How often every replica compares the store with the vector engine and repairs differences.
+    index_reconcile_interval_s: float = Field(default=60.0, ge=0.0)  # 0 = only at start-up
+
     # Models: a directory holding the embedding model card, embedder and detector ONNX files.
     model_dir: Path = DEFAULT_MODEL_DIR
     embedder_card: str = "embedder.json"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,3 +52,25 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(reason)
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def milvus_server() -> Iterator[object]:
+    """One real Milvus 2.3.5 standalone server (PyPI wheel ``milvus``) for the whole session.
+
+    Tests isolate themselves by Milvus collection name. Skipped locally when the wheel is missing,
+    a failure on CI. Typed ``object`` here to keep this module import-light; it is a
+    ``tests.milvus_server.MilvusServer``.
+    """
+    from tests.milvus_server import MilvusServer, free_port, require_milvus_server
+
+    require_milvus_server()
+    # Its own temp dir, not pytest's: a server must outlive any other run's basetemp rotation.
+    data_dir = Path(tempfile.mkdtemp(prefix="faces-milvus-"))
+    server = MilvusServer(data_dir, free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)

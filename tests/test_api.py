@@ -1,4 +1,8 @@
-"""Every endpoint through TestClient, with the real models on real LFW photos."""
+"""Every endpoint through TestClient, with the real models on real LFW photos.
+
+The API runs on SQLite and PostgreSQL with the embedded FAISS engine, and on Milvus (milvus-lite
+in-process, the same pymilvus calls as a Milvus server); every answer must be the same on all.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +17,43 @@ from PIL import Image
 from service.main import create_app
 from service.settings import Settings
 from tests.helpers import group_photo, jpeg_bytes, no_face_photo, png_bytes
+from tests.milvus_server import require_pymilvus
 from tests.postgres import store_url
 
 LfwImage = Callable[[str, int], Path]
 PROBLEM = "application/problem+json"
 
 
-def make_settings(tmp: Path, **overrides: Any) -> Settings:
+def make_settings(tmp: Path, backend: str = "faiss", **overrides: Any) -> Settings:
+    if backend == "milvus":
+        overrides = {"vector_backend": "milvus", "milvus_uri": str(tmp / "milvus.db"), **overrides}
     return Settings(**{"database_url": f"sqlite:///{tmp}/faces.db", "index_dir": tmp / "index", **overrides})
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["faiss", "milvus"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The vector engine under test: embedded FAISS, or Milvus through milvus-lite."""
+    if request.param == "milvus":
+        require_pymilvus()
+    return str(request.param)
+
+
+# (store, vector engine): both stores on the default engine, and Milvus on the default store.
+API_VARIANTS = {
+    "sqlite-faiss": ("sqlite", "faiss"),
+    "postgresql-faiss": ("postgresql", "faiss"),
+    "sqlite-milvus": ("sqlite", "milvus"),
+}
+
+
+@pytest.fixture(scope="module", params=list(API_VARIANTS))
 def client(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """The whole API, once on each store: both must answer the same."""
+    """The whole API on each store and each vector engine: all must answer the same."""
+    store, engine = API_VARIANTS[request.param]
+    if engine == "milvus":
+        require_pymilvus()
     tmp = tmp_path_factory.mktemp(f"api-{request.param}")
-    settings = make_settings(tmp, database_url=store_url(request.param, request, tmp))
+    settings = make_settings(tmp, engine, database_url=store_url(store, request, tmp))
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 
@@ -392,8 +418,8 @@ def test_decompression_bomb_is_refused(client: TestClient, gallery: str) -> None
     )
 
 
-def test_upload_size_limits(tmp_path: Path, lfw_image: LfwImage) -> None:
-    settings = make_settings(tmp_path, max_upload_bytes=20_000, max_images_per_request=2)
+def test_upload_size_limits(tmp_path: Path, lfw_image: LfwImage, backend: str) -> None:
+    settings = make_settings(tmp_path, backend, max_upload_bytes=20_000, max_images_per_request=2)
     big = jpeg_bytes(Image.effect_noise((400, 400), 64))
     assert len(big) > 20_000
     with TestClient(create_app(settings)) as small:
@@ -416,8 +442,8 @@ def test_upload_size_limits(tmp_path: Path, lfw_image: LfwImage) -> None:
 # -- auth --------------------------------------------------------------------------------------
 
 
-def test_api_keys(tmp_path: Path, lfw_image: LfwImage) -> None:
-    settings = make_settings(tmp_path, api_keys=["admin-key", "door-key:front-door"])
+def test_api_keys(tmp_path: Path, lfw_image: LfwImage, backend: str) -> None:
+    settings = make_settings(tmp_path, backend, api_keys=["admin-key", "door-key:front-door"])
     with TestClient(create_app(settings)) as keyed:
         assert_problem(keyed.get("/v1/collections"), 401, "unauthorized")
         assert_problem(keyed.get("/v1/collections", headers={"X-API-Key": "wrong"}), 401, "unauthorized")
@@ -447,6 +473,7 @@ def test_health_metrics_and_openapi(client: TestClient, gallery: str) -> None:
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready"
     assert ready["checks"]["index"] == "in_sync"
+    assert ready["checks"]["vector_engine"] == client.app.state.settings.vector_backend  # type: ignore[attr-defined]
     metrics = client.get("/metrics").text
     assert f'faces_index_size{{collection="{gallery}"}}' in metrics
     assert "faces_http_request_duration_seconds_bucket" in metrics
@@ -473,15 +500,16 @@ def test_health_metrics_and_openapi(client: TestClient, gallery: str) -> None:
     assert_problem(client.put("/v1/collections"), 405, "method_not_allowed")
 
 
-def test_restart_keeps_everything(tmp_path: Path, lfw_image: LfwImage) -> None:
-    settings = make_settings(tmp_path)
+def test_restart_keeps_everything(tmp_path: Path, lfw_image: LfwImage, backend: str) -> None:
+    settings = make_settings(tmp_path, backend)
     with TestClient(create_app(settings)) as first:
         first.post("/v1/collections", json={"name": "durable"})
         enrolled = enroll(
             first, "durable", "Colin_Powell", files_of(lfw_image, "Colin_Powell", [1, 2])
         ).json()
         face_ids = {r["face_id"] for r in enrolled["results"]}
-    assert (tmp_path / "index").glob("collection-*.faiss")
+    if backend == "faiss":
+        assert list((tmp_path / "index").glob("collection-*.faiss"))
     with TestClient(create_app(settings)) as second:
         listed = second.get("/v1/collections/durable/subjects/Colin_Powell/faces").json()["faces"]
         assert {f["face_id"] for f in listed} == face_ids

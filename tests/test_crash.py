@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.milvus_server import MilvusServer
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +33,12 @@ def free_port() -> int:
 class Server:
     data_dir: Path
     port: int
+    extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.log = self.data_dir / "server.log"
+        self.log = self.data_dir / f"server-{self.port}.log"
 
     @property
     def url(self) -> str:
@@ -48,6 +50,7 @@ class Server:
             "FACES_DATABASE_URL": f"sqlite:///{self.data_dir}/faces.db",
             "FACES_INDEX_DIR": str(self.data_dir / "index"),
             "FACES_LOG_LEVEL": "WARNING",
+            **self.extra_env,
         }
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -82,9 +85,22 @@ class Server:
                 self.process.kill()
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    srv = Server(tmp_path, free_port())
+def milvus_env(server: MilvusServer, collection: str) -> dict[str, str]:
+    """A replica on the real Milvus server, in its own Milvus collection."""
+    return {
+        "FACES_VECTOR_BACKEND": "milvus",
+        "FACES_MILVUS_URI": server.uri,
+        "FACES_MILVUS_COLLECTION": collection,
+    }
+
+
+@pytest.fixture(params=["faiss", "milvus-server"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A `faces serve` process on embedded FAISS, or on the real Milvus server (acks = store + Milvus)."""
+    extra = {}
+    if request.param == "milvus-server":
+        extra = milvus_env(request.getfixturevalue("milvus_server"), f"crash_{free_port()}")
+    srv = Server(tmp_path, free_port(), extra)
     yield srv
     srv.stop()
 

@@ -122,3 +122,37 @@ def test_gpu_image_swaps_the_cpu_wheels_for_the_gpu_extra() -> None:
     assert cpu - {"onnxruntime", "faiss-cpu"} == gpu - {"onnxruntime-gpu", "faiss-gpu-cu12"}
     # onnxruntime-gpu >= 1.27 is built for CUDA 13; the image and faiss-gpu-cu12 are CUDA 12.
     assert "onnxruntime-gpu<1.27" in gpu_requirements
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Compose's own tags (``!reset``, ``!override``) read as plain values."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+_ComposeLoader.add_constructor(
+    "!override",
+    lambda loader, node: loader.construct_sequence(node),  # type: ignore[arg-type]
+)
+
+
+def test_milvus_override_runs_replicas_behind_a_proxy_on_the_official_standalone_set() -> None:
+    compose: dict[str, Any] = yaml.load(
+        (REPO_ROOT / "deploy" / "docker-compose.milvus.yml").read_text(), Loader=_ComposeLoader
+    )
+    services = compose["services"]
+    assert {"etcd", "minio", "milvus", "api", "proxy"} <= set(services)
+    assert services["milvus"]["image"].endswith("milvusdb/milvus:v2.3.5}")
+    assert services["milvus"]["environment"]["ETCD_ENDPOINTS"] == "etcd:2379"
+    assert "ports" not in services["milvus"]  # only the replicas reach Milvus
+    api = services["api"]
+    assert api["environment"]["FACES_VECTOR_BACKEND"] == "milvus"
+    assert api["environment"]["FACES_MILVUS_URI"].endswith("http://milvus:19530}")
+    assert api["ports"] is None  # !reset: the proxy publishes the port, replicas do not collide
+    assert api["deploy"]["replicas"] == "${API_REPLICAS:-2}"
+    assert api["depends_on"]["milvus"]["condition"] == "service_healthy"
+    assert services["proxy"]["ports"] == ["${API_BIND:-127.0.0.1:8000}:8000"]
+    nginx = (REPO_ROOT / "deploy" / "nginx-api.conf").read_text()
+    assert "server api:8000 resolve;" in nginx
+    gpu = _compose("deploy/docker-compose.milvus-gpu.yml")["services"]["milvus"]
+    assert gpu["image"].endswith("-gpu}")
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"

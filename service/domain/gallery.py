@@ -2,6 +2,7 @@
 
 A write is acknowledged only after the store commit and the index update; a crash between the
 two is repaired at start-up because the index is rebuilt from (or verified against) the store.
+The index is any ``VectorIndex`` (embedded FAISS or Milvus): this module does not know which.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.domain.faces import squared_distance
-from service.index.faiss_index import CollectionIndex, IndexRegistry
+from service.index.base import ReconcileReport, VectorIndex
 from service.storage.records import CollectionRecord, FaceRecord, NewFace, SubjectRecord
 from service.storage.store import FaceStore
 
@@ -31,7 +32,7 @@ class Candidate:
 class Gallery:
     """The only writer of the store and the indexes."""
 
-    def __init__(self, store: FaceStore, indexes: IndexRegistry) -> None:
+    def __init__(self, store: FaceStore, indexes: VectorIndex) -> None:
         self.store = store
         self.indexes = indexes
         self._write_lock = threading.Lock()
@@ -43,7 +44,7 @@ class Gallery:
     ) -> CollectionRecord:
         with self._write_lock:
             record = self.store.create_collection(name, description, identify_threshold)
-            self.indexes.get(record.pk)
+            self.indexes.create(record.pk)
             return record
 
     def delete_collection(self, name: str) -> None:
@@ -52,8 +53,17 @@ class Gallery:
             self.indexes.drop(pk)
 
     def index_sizes_by_name(self) -> dict[str, int]:
-        sizes = self.indexes.sizes()
-        return {c.name: sizes.get(c.pk, 0) for c in self.store.list_collections()}
+        collections = self.store.list_collections()
+        sizes = self.indexes.sizes([c.pk for c in collections])
+        return {c.name: sizes.get(c.pk, 0) for c in collections}
+
+    def index_out_of_sync(self) -> list[int]:
+        """Collections whose index does not hold exactly the store's faces (for /readyz)."""
+        return self.indexes.out_of_sync([c.pk for c in self.store.list_collections()])
+
+    def reconcile_index(self, *, full: bool = False) -> ReconcileReport:
+        """Repair the index from the store: writes that reached the store but not the engine."""
+        return self.indexes.reconcile([c.pk for c in self.store.list_collections()], full=full)
 
     # -- subjects --------------------------------------------------------------------------
 
@@ -65,7 +75,7 @@ class Gallery:
     def delete_subject(self, collection: str, subject_id: str) -> None:
         with self._write_lock:
             coll_pk, face_pks = self.store.delete_subject(collection, subject_id)
-            self.indexes.get(coll_pk).remove(np.asarray(face_pks, dtype=np.int64))
+            self.indexes.remove(coll_pk, np.asarray(face_pks, dtype=np.int64))
 
     # -- faces -----------------------------------------------------------------------------
 
@@ -77,13 +87,16 @@ class Gallery:
             if records:
                 ids = np.fromiter((r.pk for r in records), dtype=np.int64, count=len(records))
                 vectors = np.stack([f.embedding for f in faces]).astype(np.float32)
-                self.indexes.get(records[0].collection_pk).add(ids, vectors)
+                coll_pk = records[0].collection_pk
+                written = self.indexes.add(coll_pk, ids, vectors)
+                if written and self.indexes.tracks_writes:  # before the ack: other replicas wait for it
+                    self.store.record_vector_write(coll_pk, written)
             return records
 
     def delete_face(self, collection: str, face_id: str) -> FaceRecord:
         with self._write_lock:
             record = self.store.delete_face(collection, face_id)
-            self.indexes.get(record.collection_pk).remove(np.asarray([record.pk], dtype=np.int64))
+            self.indexes.remove(record.collection_pk, np.asarray([record.pk], dtype=np.int64))
             return record
 
     # -- search ----------------------------------------------------------------------------
@@ -94,31 +107,44 @@ class Gallery:
         Takes the key the caller already resolved (``store.collection_pk``) so that a request looks
         its collection up once; a collection deleted in between searches as empty.
         """
-        index = self.indexes.find(collection_pk)
         rows = np.atleast_2d(queries)
-        if index is None:
-            return [[] for _ in rows]
-        return [self._rank_subjects(index, query, top_k) for query in rows]
+        if len(rows) == 0:
+            return []
+        max_k = self.indexes.max_k
+        k = min(max_k, max(top_k * 8, 32))
+        # Read-your-writes across replicas: as of the last insert any replica acknowledged.
+        after = self.store.vector_write_ts(collection_pk) if self.indexes.tracks_writes else 0
+        sims, pks = self.indexes.search(collection_pk, rows, k, visible_after=after)
+        return [
+            self._rank_subjects(collection_pk, row, top_k, k, sims[i], pks[i], after)
+            for i, row in enumerate(rows)
+        ]
 
     def _rank_subjects(
-        self, index: CollectionIndex, query: NDArray[np.float32], top_k: int
+        self,
+        collection_pk: int,
+        query: NDArray[np.float32],
+        top_k: int,
+        k: int,
+        sims: NDArray[np.float32],
+        pks: NDArray[np.int64],
+        after: int,
     ) -> list[Candidate]:
-        ntotal = index.ntotal
-        if ntotal == 0:
-            return []
-        k = min(ntotal, max(top_k * 8, 32))
+        """Best face per subject; asks the index for more faces while subjects are missing."""
         while True:
-            sims, pks = index.search(query[None, :], k)
-            hits = [(int(pk), float(sim)) for pk, sim in zip(pks[0], sims[0], strict=True) if pk >= 0]
+            hits = [(int(pk), float(sim)) for pk, sim in zip(pks, sims, strict=True) if pk >= 0]
             owners = self.store.faces_by_pk([pk for pk, _ in hits])
             best: dict[str, Candidate] = {}
-            for pk, sim in hits:  # FAISS returns hits best first
+            for pk, sim in hits:  # the index returns hits best first
                 owner = owners.get(pk)
                 if owner is None or owner[1] in best:
                     continue
                 face_id, subject_id = owner
                 distance = squared_distance(sim)
                 best[subject_id] = Candidate(subject_id, face_id, float(np.clip(sim, -1.0, 1.0)), distance)
-            if len(best) >= top_k or k >= ntotal:
+            exhausted = len(hits) < k or k >= self.indexes.max_k
+            if len(best) >= top_k or exhausted:
                 return sorted(best.values(), key=lambda c: c.distance)[:top_k]
-            k = min(ntotal, k * 4)
+            k = min(self.indexes.max_k, k * 4)
+            more_sims, more_pks = self.indexes.search(collection_pk, query[None, :], k, visible_after=after)
+            sims, pks = more_sims[0], more_pks[0]

@@ -1,7 +1,8 @@
-"""Exact inner-product search over unit vectors, one FAISS index per collection.
+"""Exact inner-product search over unit vectors, one FAISS index per collection (the default engine).
 
 The index is a cache of the store: it is rebuilt from it, or loaded from a snapshot only when the
 snapshot's revision matches the store's, so a crash can never leave it ahead of or behind the truth.
+It lives in the process: one API replica only (see ``milvus_index`` for several).
 """
 
 from __future__ import annotations
@@ -11,29 +12,19 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import faiss
 import numpy as np
 from numpy.typing import NDArray
 
+from service.index.base import EmbeddingSource, ReconcileReport, SearchHits, no_hits
+
 logger = logging.getLogger(__name__)
-
-
-class EmbeddingSource(Protocol):
-    """What the registry needs from the store to rebuild and verify."""
-
-    def collection_revision(self, collection_pk: int) -> int: ...
-
-    def face_count(self, collection_pk: int) -> int: ...
-
-    def iter_embeddings(
-        self, collection_pk: int, batch_size: int = ...
-    ) -> Any: ...  # Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]
 
 
 def gpu_available() -> bool:
@@ -84,11 +75,11 @@ class CollectionIndex:
         if self._use_gpu:
             with self._lock.write():  # the GPU mirror is (re)built lazily: exclusive
                 if self.ntotal == 0:
-                    return _no_hits(len(queries))
+                    return no_hits(len(queries))
                 return self._search_gpu(queries, min(k, self.ntotal))
         with self._lock.read():
             if self.ntotal == 0:
-                return _no_hits(len(queries))
+                return no_hits(len(queries))
             k = max(1, min(k, self.ntotal))
             # OpenMP's thread count is per calling thread: set it on the worker that searches.
             faiss.omp_set_num_threads(self._search_threads)
@@ -125,10 +116,6 @@ class CollectionIndex:
         if index.d != dim:
             raise ValueError(f"snapshot dim {index.d} != model dim {dim}")
         return cls(dim, use_gpu=use_gpu, index=index, search_threads=search_threads)
-
-
-def _no_hits(n_queries: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    return np.full((n_queries, 0), -1.0, dtype=np.float32), np.full((n_queries, 0), -1, dtype=np.int64)
 
 
 class ReadWriteLock:
@@ -185,7 +172,7 @@ class SnapshotManifest:
 
 
 class IndexRegistry:
-    """Every collection's index, kept equal to the store."""
+    """Every collection's index, kept equal to the store (implements ``base.VectorIndex``)."""
 
     def __init__(
         self,
@@ -209,10 +196,55 @@ class IndexRegistry:
             logger.info("FAISS GPU search enabled")
 
     @property
+    def engine(self) -> str:
+        return "faiss"
+
+    @property
     def dim(self) -> int:
         return self._dim
 
-    def load_all(self, collection_pks: list[int]) -> None:
+    @property
+    def max_k(self) -> int:
+        return 2**31 - 1
+
+    @property
+    def tracks_writes(self) -> bool:
+        return False  # one process: a write is visible as soon as add returns
+
+    # -- base.VectorIndex ------------------------------------------------------------------
+
+    def create(self, collection_pk: int) -> None:
+        self.get(collection_pk)
+
+    def add(self, collection_pk: int, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> int:
+        self.get(collection_pk).add(ids, vectors)
+        return 0
+
+    def remove(self, collection_pk: int, ids: NDArray[np.int64]) -> None:
+        self.get(collection_pk).remove(ids)
+
+    def search(
+        self, collection_pk: int, queries: NDArray[np.float32], k: int, *, visible_after: int = 0
+    ) -> SearchHits:
+        index = self.find(collection_pk)
+        if index is None:
+            return no_hits(len(np.atleast_2d(queries)))
+        return index.search(queries, k)
+
+    def reconcile(self, collection_pks: Sequence[int], *, full: bool = False) -> ReconcileReport:
+        """Rebuild any collection whose index differs from the store (never expected in-process)."""
+        inserted = deleted = 0
+        for pk in self.out_of_sync(collection_pks):
+            before = self.sizes([pk])[pk]
+            after = self.rebuild(pk).ntotal
+            inserted, deleted = inserted + max(0, after - before), deleted + max(0, before - after)
+            logger.warning("collection %d: index differed from the store; rebuilt", pk)
+        return ReconcileReport(inserted, deleted, len(collection_pks))
+
+    def close(self) -> None:
+        self.save_snapshots()
+
+    def load_all(self, collection_pks: Sequence[int]) -> None:
         """At start-up: load each verified snapshot, rebuild the rest from the store."""
         self._dir.mkdir(parents=True, exist_ok=True)
         for pk in collection_pks:
@@ -277,13 +309,16 @@ class IndexRegistry:
         for path in self._paths(pk):
             _remove_snapshot(path)
 
-    def sizes(self) -> dict[int, int]:
+    def sizes(self, collection_pks: Sequence[int] | None = None) -> dict[int, int]:
+        """Vectors per collection: the given ones (0 when absent), or every loaded index."""
         with self._lock:
-            return {pk: index.ntotal for pk, index in self._indexes.items()}
+            if collection_pks is None:
+                return {pk: index.ntotal for pk, index in self._indexes.items()}
+            return {pk: self._indexes[pk].ntotal if pk in self._indexes else 0 for pk in collection_pks}
 
-    def out_of_sync(self) -> list[int]:
+    def out_of_sync(self, collection_pks: Sequence[int] | None = None) -> list[int]:
         """Collections whose index size differs from the store's face count."""
-        return [pk for pk, n in self.sizes().items() if n != self._store.face_count(pk)]
+        return [pk for pk, n in self.sizes(collection_pks).items() if n != self._store.face_count(pk)]
 
     def save_snapshots(self) -> None:
         """Persist every index with the store revision it reflects (on clean shutdown)."""

@@ -127,6 +127,15 @@ face_thumbnails_table = Table(
     Column("jpeg", LargeBinary, nullable=False),
 )
 
+# The vector engine's timestamp of the last acknowledged insert per collection (Milvus only): every
+# replica searches "as of" it, which is read-your-writes across replicas without Strong's wait.
+vector_writes_table = Table(
+    "vector_writes",
+    metadata_obj,
+    Column("collection_pk", _Id, ForeignKey("collections.pk", ondelete="CASCADE"), primary_key=True),
+    Column("engine_ts", BigInteger, nullable=False),
+)
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -309,6 +318,7 @@ class FaceStore:
             row = self._collection_row(conn, name)
             conn.execute(delete(faces_table).where(faces_table.c.collection_pk == row.pk))
             conn.execute(delete(subjects_table).where(subjects_table.c.collection_pk == row.pk))
+            conn.execute(delete(vector_writes_table).where(vector_writes_table.c.collection_pk == row.pk))
             conn.execute(delete(collections_table).where(collections_table.c.pk == row.pk))
             return int(row.pk)
 
@@ -326,6 +336,38 @@ class FaceStore:
                     select(func.count()).where(faces_table.c.collection_pk == collection_pk)
                 ).scalar_one()
             )
+
+    def record_vector_write(self, collection_pk: int, engine_ts: int) -> None:
+        """Remember the engine timestamp of an acknowledged write (kept monotonic; replicas race)."""
+        table = vector_writes_table
+        for _ in range(3):
+            with self._engine.begin() as conn:
+                current = conn.execute(
+                    select(table.c.engine_ts).where(table.c.collection_pk == collection_pk)
+                ).scalar_one_or_none()
+                if current is not None:
+                    conn.execute(
+                        update(table)
+                        .where(table.c.collection_pk == collection_pk, table.c.engine_ts < engine_ts)
+                        .values(engine_ts=engine_ts)
+                    )
+                    return
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(insert(table).values(collection_pk=collection_pk, engine_ts=engine_ts))
+                return
+            except IntegrityError:  # another replica inserted it first (or the collection is gone)
+                continue
+
+    def vector_write_ts(self, collection_pk: int) -> int:
+        """The engine timestamp a search must see (0: no write recorded)."""
+        with self._engine.connect() as conn:
+            value = conn.execute(
+                select(vector_writes_table.c.engine_ts).where(
+                    vector_writes_table.c.collection_pk == collection_pk
+                )
+            ).scalar_one_or_none()
+        return int(value or 0)
 
     # -- subjects ----------------------------------------------------------------------------
 

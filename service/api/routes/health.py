@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from service.api.deps import Services, ServicesDep
 from service.api.problems import problem_responses
 from service.api.schemas import Health
+from service.errors import ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +31,20 @@ def _readiness(services: Services | None) -> tuple[bool, dict[str, object]]:
         return False, {"model": "loading"}
     checks: dict[str, object] = {"model": services.card.name, "execution_provider": services.provider}
     ready = True
+    checks["vector_engine"] = services.gallery.indexes.engine
     try:
         services.gallery.store.ping()
         checks["store"] = "ok"
-        stale = services.gallery.indexes.out_of_sync()
+        stale = services.gallery.index_out_of_sync()
         checks["index"] = "in_sync" if not stale else f"out_of_sync: {stale}"
         ready = not stale
     except SQLAlchemyError:
         logger.warning("readiness: store unreachable", exc_info=True)
         checks["store"] = "unreachable"
+        ready = False
+    except ServiceError:  # the vector engine (Milvus) did not answer
+        logger.warning("readiness: vector engine unreachable", exc_info=True)
+        checks["index"] = "unreachable"
         ready = False
     return ready, checks
 

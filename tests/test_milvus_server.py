@@ -1,0 +1,144 @@
+"""Integration lane: the Milvus engine against a real Milvus 2.3.5 server (PyPI wheel ``milvus``).
+
+What milvus-lite cannot show: read-your-writes across API replicas (separate processes, separate
+Milvus clients) at the configured consistency, a Milvus restart, and start-up repair at 10k faces.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.domain.gallery import Gallery
+from service.index.faiss_index import IndexRegistry
+from service.storage.store import FaceStore
+from tests.embeddings import embed_lfw_people, enroll_into, unit_vectors
+from tests.milvus_server import MilvusServer, free_port, require_pymilvus
+from tests.test_crash import Server, milvus_env
+
+require_pymilvus()
+
+from service.index.milvus_index import MilvusIndex  # noqa: E402
+
+pytestmark = pytest.mark.slow
+LfwImage = Callable[[str, int], Path]
+PEOPLE = ["Colin_Powell", "George_W_Bush", "Serena_Williams", "Tony_Blair", "Gerhard_Schroeder"]
+
+
+def identify(url: str, data: bytes) -> dict[str, object] | None:
+    response = httpx.post(
+        f"{url}/v1/collections/office/identify", files={"image": ("p.jpg", data, "image/jpeg")}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    match: dict[str, object] | None = response.json()["faces"][0]["match"]
+    return match
+
+
+def test_read_your_writes_across_replicas_and_a_milvus_restart(
+    milvus_server: MilvusServer, tmp_path: Path, lfw_image: LfwImage
+) -> None:
+    env = milvus_env(milvus_server, f"ryw_{free_port()}")
+    replica_a, replica_b = Server(tmp_path, free_port(), env), Server(tmp_path, free_port(), env)
+    try:
+        replica_a.start()
+        replica_b.start()
+        assert httpx.post(f"{replica_a.url}/v1/collections", json={"name": "office"}).status_code == 201
+        for person in PEOPLE:
+            enrolled = httpx.post(
+                f"{replica_a.url}/v1/collections/office/subjects/{person}/faces",
+                params={"create_subject": "true", "face_selection": "largest"},
+                files={"images": ("1.jpg", lfw_image(person, 1).read_bytes(), "image/jpeg")},
+                timeout=30,
+            )
+            assert enrolled.status_code == 201, enrolled.text
+            # At once, on the other replica (another process, another Milvus connection).
+            match = identify(replica_b.url, lfw_image(person, 2).read_bytes())
+            assert match is not None, f"{person} enrolled through A is not found through B"
+            assert match["subject_id"] == person
+        # A delete through B is seen by A at once.
+        assert httpx.delete(f"{replica_b.url}/v1/collections/office/subjects/{PEOPLE[0]}").status_code == 204
+        match = identify(replica_a.url, lfw_image(PEOPLE[0], 2).read_bytes())
+        assert match is None or match["subject_id"] != PEOPLE[0]
+        for replica in (replica_a, replica_b):
+            ready = httpx.get(f"{replica.url}/readyz").json()
+            assert ready["checks"]["vector_engine"] == "milvus"
+            assert ready["checks"]["index"] == "in_sync", ready
+
+        replica_a.kill()  # B keeps answering alone
+        match = identify(replica_b.url, lfw_image(PEOPLE[1], 3).read_bytes())
+        assert match is not None
+        assert match["subject_id"] == PEOPLE[1]
+
+        milvus_server.stop()  # and Milvus itself restarts: nothing acknowledged is lost
+        unavailable = httpx.post(
+            f"{replica_b.url}/v1/collections/office/identify",
+            files={"image": ("p.jpg", lfw_image(PEOPLE[1], 3).read_bytes(), "image/jpeg")},
+            timeout=60,
+        )
+        assert unavailable.status_code == 503, unavailable.text
+        assert unavailable.json()["code"] == "index_unavailable"
+        milvus_server.start()
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{replica_b.url}/readyz", timeout=30).status_code != 200:
+            assert time.monotonic() < deadline, httpx.get(f"{replica_b.url}/readyz").text
+            time.sleep(0.5)
+        for person in PEOPLE[1:]:
+            match = identify(replica_b.url, lfw_image(person, 2).read_bytes())
+            assert match is not None
+            assert match["subject_id"] == person
+    finally:
+        replica_a.stop()
+        replica_b.stop()
+
+
+def test_start_up_repair_and_same_answers_at_ten_thousand_faces(
+    milvus_server: MilvusServer, tmp_path: Path, lfw_root: Path
+) -> None:
+    people = embed_lfw_people(lfw_root, 20)
+    store = FaceStore.from_url(f"sqlite:///{tmp_path}/faces.db")
+    store.create_collection("office")
+    enroll_into(store, "office", people)
+    distractors = unit_vectors(10_000 - 60, seed=5)
+    store.bulk_insert_synthetic("office", "distractor-", distractors, faces_per_subject=5)
+    pks = [c.pk for c in store.list_collections()]
+    name = f"big_{free_port()}"
+
+    started = time.perf_counter()
+    index = MilvusIndex(store, 128, uri=milvus_server.uri, collection=name)
+    index.load_all(pks)  # an empty engine: every face inserted by the start-up reconciliation
+    fill_s = time.perf_counter() - started
+    assert index.sizes(pks) == {pks[0]: 10_000}
+    assert fill_s < 120, fill_s
+
+    faiss_index = IndexRegistry(store, 128, tmp_path / "index")
+    faiss_index.load_all(pks)
+    probes = np.stack(list(people.probes.values()))
+    on_faiss = Gallery(store, faiss_index).search(pks[0], probes, 5)
+    on_milvus = Gallery(store, index).search(pks[0], probes, 5)
+    for want, have in zip(on_faiss, on_milvus, strict=True):
+        assert [(c.subject_id, c.face_id) for c in have] == [(c.subject_id, c.face_id) for c in want]
+        np.testing.assert_allclose([c.distance for c in have], [c.distance for c in want], atol=1e-5)
+    tops = [ranked[0].subject_id for ranked in on_milvus]
+    found = sum(top == person for top, person in zip(tops, people.probes, strict=True))
+    assert found >= 18  # real people found by an unseen photo among 10k faces
+
+    # A second engine instance (another replica's client) sees a write of the first one at once,
+    # searching as of the write's timestamp (what the store carries between replicas).
+    other = MilvusIndex(store, 128, uri=milvus_server.uri, collection=name)
+    fresh = unit_vectors(1, seed=77)
+    written = index.add(pks[0], np.array([9_000_000], dtype=np.int64), fresh)
+    assert written > 0
+    assert other.search(pks[0], fresh, 1, visible_after=written)[1][0, 0] == 9_000_000
+    index.remove(pks[0], np.array([9_000_000], dtype=np.int64))
+    index.remove(pks[0], np.array([store.list_faces("office", next(iter(people.probes)))[0].pk]))
+    assert other.out_of_sync(pks) == pks
+    assert other.reconcile(pks).inserted == 1  # the periodic pass puts the store's face back
+    assert index.out_of_sync(pks) == []
+    other.close()
+    index.close()
+    store.close()
