@@ -157,6 +157,68 @@ def save_cache(
     tmp.replace(cache)
 
 
+@dataclass(frozen=True, slots=True)
+class LfwEmbeddings:
+    """One embedding per LFW image (keyed by ``Person/Person_NNNN.jpg``) and how its face was chosen."""
+
+    vectors: dict[str, NDArray[np.float32]]
+    methods: dict[str, str]
+    embedder: OnnxEmbedder
+    card: ModelCard
+
+
+def embed_lfw_images(args: argparse.Namespace, paths: list[Path], cache_name: str) -> LfwEmbeddings:
+    """``paths`` through the service's pipeline (decode → YuNet → face choice → card's alignments →
+    embed), cached in ``args.out / cache_name`` under a key of everything that changes the vectors.
+
+    Shared by the verification (``evaluate_lfw``) and open-set (``evaluate_openset``) evaluations; it
+    reads ``model_dir``, ``card``, ``detector``, ``provider``, ``threads``, ``score_threshold``,
+    ``max_side``, ``min_side``, ``batch_size``, ``lfw_dir``, ``out`` and ``no_cache`` from ``args``.
+    """
+    provider: ExecutionProvider = args.provider
+    embedder, card = load_embedder(args.model_dir, args.card, provider, args.threads)
+    images_dir = args.lfw_dir / "images"
+    key = json.dumps(
+        {
+            "embedder": file_digest(args.model_dir / card.onnx_file),
+            "detector": file_digest(args.model_dir / args.detector),
+            "input": [spec.model_dump() for spec in card.model_inputs],
+            "score_threshold": args.score_threshold,
+            "max_side": args.max_side,
+            "min_side": args.min_side,
+            "align_interpolation": [a.interpolation for a in embedder.alignments],
+            "method": "centre_face/low_score_face/median_landmarks v1",
+        },
+        sort_keys=True,
+    )
+    cache = args.out / cache_name
+    names = [str(p.relative_to(images_dir)) for p in paths]
+    cached, cached_methods = ({}, {}) if args.no_cache else load_cache(cache, key)
+    if all(n in cached for n in names):
+        logger.info("all %d embeddings from %s", len(names), cache)
+        return LfwEmbeddings(
+            {n: cached[n] for n in names}, {n: cached_methods[n] for n in names}, embedder, card
+        )
+    detector = load_detector(
+        args.model_dir / args.detector,
+        provider,
+        args.threads,
+        args.score_threshold,
+        args.max_side,
+        min_side=args.min_side,
+    )
+    # Same session, near-zero threshold: only consulted when the real detector finds nothing.
+    fallback = YuNetDetector(
+        detector.session, score_threshold=FALLBACK_SCORE, max_side=args.max_side, min_side=args.min_side
+    )
+    analyzer = FaceAnalyzer(detector, embedder.alignments, QualityConfig())
+    by_path, methods_by_path = embed_images(paths, analyzer, fallback, embedder, args.batch_size)
+    vectors = {str(p.relative_to(images_dir)): v for p, v in by_path.items()}
+    methods = {str(p.relative_to(images_dir)): m for p, m in methods_by_path.items()}
+    save_cache(cache, key, vectors, methods)
+    return LfwEmbeddings(vectors, methods, embedder, card)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -195,51 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     raw_argv = sys.argv[1:] if argv is None else argv
     command = "python -m models.evaluate_lfw " + shlex.join(raw_argv)
-    provider: ExecutionProvider = args.provider
 
     pairs: list[LfwPair] = read_pairs(args.lfw_dir / args.pairs, args.lfw_dir / "images")
-    embedder, card = load_embedder(args.model_dir, args.card, provider, args.threads)
-    detector = load_detector(
-        args.model_dir / args.detector,
-        provider,
-        args.threads,
-        args.score_threshold,
-        args.max_side,
-        min_side=args.min_side,
-    )
-    # Same session, near-zero threshold: only consulted when the real detector finds nothing.
-    fallback = YuNetDetector(
-        detector.session, score_threshold=FALLBACK_SCORE, max_side=args.max_side, min_side=args.min_side
-    )
-    analyzer = FaceAnalyzer(detector, embedder.alignments, QualityConfig())
-
     images_dir = args.lfw_dir / "images"
     paths = sorted({p for pair in pairs for p in (pair.path_a, pair.path_b)})
-    key = json.dumps(
-        {
-            "embedder": file_digest(args.model_dir / card.onnx_file),
-            "detector": file_digest(args.model_dir / args.detector),
-            "input": [spec.model_dump() for spec in card.model_inputs],
-            "score_threshold": args.score_threshold,
-            "max_side": args.max_side,
-            "min_side": args.min_side,
-            "align_interpolation": [a.interpolation for a in embedder.alignments],
-            "method": "centre_face/low_score_face/median_landmarks v1",
-        },
-        sort_keys=True,
-    )
-    cache = args.out / "embeddings_cache.npz"
-    cached, cached_methods = ({}, {}) if args.no_cache else load_cache(cache, key)
-    names = [str(p.relative_to(images_dir)) for p in paths]
-    if all(n in cached for n in names):
-        logger.info("all %d embeddings from %s", len(names), cache)
-        vectors = {n: cached[n] for n in names}
-        methods = {n: cached_methods[n] for n in names}
-    else:
-        by_path, methods_by_path = embed_images(paths, analyzer, fallback, embedder, args.batch_size)
-        vectors = {str(p.relative_to(images_dir)): v for p, v in by_path.items()}
-        methods = {str(p.relative_to(images_dir)): m for p, m in methods_by_path.items()}
-        save_cache(cache, key, vectors, methods)
+    embedded = embed_lfw_images(args, paths, "embeddings_cache.npz")
+    vectors, methods, embedder, card = embedded.vectors, embedded.methods, embedded.embedder, embedded.card
 
     a = np.stack([vectors[str(p.path_a.relative_to(images_dir))] for p in pairs]).astype(np.float64)
     b = np.stack([vectors[str(p.path_b.relative_to(images_dir))] for p in pairs]).astype(np.float64)

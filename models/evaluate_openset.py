@@ -42,15 +42,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.evaluate_lfw import (
-    DEFAULT_LFW_DIR,
-    FALLBACK_SCORE,
-    REPO_ROOT,
-    embed_images,
-    file_digest,
-    load_cache,
-    save_cache,
-)
+from models.evaluate_lfw import DEFAULT_LFW_DIR, REPO_ROOT, embed_lfw_images
 from models.openset import (
     dir_at_threshold,
     evaluate_openset,
@@ -61,13 +53,8 @@ from models.openset import (
     rotation_split,
     score_split,
 )
-from service.runtime.alignment import ALIGN_INTERPOLATION
-from service.runtime.analyzer import FaceAnalyzer
-from service.runtime.detector import YuNetDetector, load_detector
-from service.runtime.embedder import load_embedder
 from service.runtime.model_card import ModelCard
-from service.runtime.onnx_session import ExecutionProvider, active_provider
-from service.runtime.quality import QualityConfig
+from service.runtime.onnx_session import active_provider
 
 logger = logging.getLogger(__name__)
 
@@ -130,55 +117,13 @@ def embed_lfw(
     args: argparse.Namespace, paths: list[Path]
 ) -> tuple[NDArray[np.float32], dict[str, int], ModelCard, str]:
     """Embeddings of ``paths`` (cached), the face-choice counts, the card and the provider used."""
-    provider: ExecutionProvider = args.provider
-    embedder, card = load_embedder(args.model_dir, args.card, provider, args.threads)
-    images_dir = args.lfw_dir / "images"
-    key = json.dumps(
-        {
-            "embedder": file_digest(args.model_dir / card.onnx_file),
-            "detector": file_digest(args.model_dir / args.detector),
-            # One input: the v1 key (caches stay valid); several: every input's spec and alignment.
-            "input": (
-                card.single_input.model_dump()
-                if len(card.model_inputs) == 1
-                else [spec.model_dump() for spec in card.model_inputs]
-            ),
-            "score_threshold": args.score_threshold,
-            "max_side": args.max_side,
-            "min_side": args.min_side,
-            "align_interpolation": ALIGN_INTERPOLATION,
-            "method": "centre_face/low_score_face/median_landmarks v1",
-        },
-        sort_keys=True,
-    )
-    cache = args.out / "embeddings_all_lfw.npz"
-    names = [str(p.relative_to(images_dir)) for p in paths]
-    cached, cached_methods = ({}, {}) if args.no_cache else load_cache(cache, key)
-    if all(n in cached for n in names):
-        logger.info("all %d embeddings from %s", len(names), cache)
-        vectors, methods = cached, cached_methods
-    else:
-        detector = load_detector(
-            args.model_dir / args.detector,
-            provider,
-            args.threads,
-            args.score_threshold,
-            args.max_side,
-            min_side=args.min_side,
-        )
-        fallback = YuNetDetector(
-            detector.session, score_threshold=FALLBACK_SCORE, max_side=args.max_side, min_side=args.min_side
-        )
-        analyzer = FaceAnalyzer(detector, embedder.alignments, QualityConfig())
-        by_path, methods_by_path = embed_images(paths, analyzer, fallback, embedder, args.batch_size)
-        vectors = {str(p.relative_to(images_dir)): v for p, v in by_path.items()}
-        methods = {str(p.relative_to(images_dir)): m for p, m in methods_by_path.items()}
-        save_cache(cache, key, vectors, methods)
-    embeddings = np.ascontiguousarray(np.stack([vectors[n] for n in names]), dtype=np.float32)
+    embedded = embed_lfw_images(args, paths, "embeddings_all_lfw.npz")
+    names = [str(p.relative_to(args.lfw_dir / "images")) for p in paths]
+    embeddings = np.ascontiguousarray(np.stack([embedded.vectors[n] for n in names]), dtype=np.float32)
     counts: dict[str, int] = {}
     for n in names:
-        counts[methods[n]] = counts.get(methods[n], 0) + 1
-    return embeddings, dict(sorted(counts.items())), card, active_provider(embedder.session)
+        counts[embedded.methods[n]] = counts.get(embedded.methods[n], 0) + 1
+    return embeddings, dict(sorted(counts.items())), embedded.card, active_provider(embedded.embedder.session)
 
 
 def operating_points(
