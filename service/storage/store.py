@@ -598,40 +598,32 @@ class FaceStore:
         self, collection_pk: int, batch_size: int = 50_000
     ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
         """Stream (pks, vectors) of a collection in pk order, for index rebuilds."""
-        last = 0
-        while True:
-            with self._engine.connect() as conn:
-                rows = conn.execute(
-                    select(faces_table.c.pk, faces_table.c.embedding)
-                    .where(faces_table.c.collection_pk == collection_pk, faces_table.c.pk > last)
-                    .order_by(faces_table.c.pk)
-                    .limit(batch_size)
-                ).all()
-            if not rows:
-                return
-            pks = np.fromiter((row.pk for row in rows), dtype=np.int64, count=len(rows))
-            vectors = np.frombuffer(b"".join(row.embedding for row in rows), dtype=np.float32)
-            yield pks, np.ascontiguousarray(vectors.reshape(len(rows), -1))
-            last = int(pks[-1])
+        return self._iter_vectors(collection_pk, faces_table.c.pk, batch_size)
 
     def iter_subject_embeddings(
         self, collection_pk: int, batch_size: int = 50_000
     ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
         """Stream (owning subject pks, vectors) of a collection in pk order, for calibration."""
+        return self._iter_vectors(collection_pk, faces_table.c.subject_pk, batch_size)
+
+    def _iter_vectors(
+        self, collection_pk: int, label: Column[Any], batch_size: int
+    ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
+        """(``label`` column, vectors) of a collection's faces in pk order, one keyset page at a time."""
         last = 0
         while True:
             with self._engine.connect() as conn:
                 rows = conn.execute(
-                    select(faces_table.c.pk, faces_table.c.subject_pk, faces_table.c.embedding)
+                    select(faces_table.c.pk, label.label("label"), faces_table.c.embedding)
                     .where(faces_table.c.collection_pk == collection_pk, faces_table.c.pk > last)
                     .order_by(faces_table.c.pk)
                     .limit(batch_size)
                 ).all()
             if not rows:
                 return
-            subjects = np.fromiter((row.subject_pk for row in rows), dtype=np.int64, count=len(rows))
+            labels = np.fromiter((row.label for row in rows), dtype=np.int64, count=len(rows))
             vectors = np.frombuffer(b"".join(row.embedding for row in rows), dtype=np.float32)
-            yield subjects, np.ascontiguousarray(vectors.reshape(len(rows), -1))
+            yield labels, np.ascontiguousarray(vectors.reshape(len(rows), -1))
             last = int(rows[-1].pk)
 
     def bulk_insert_synthetic(
