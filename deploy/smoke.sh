@@ -186,12 +186,12 @@ compose_api_url_inside=http://127.0.0.1:8000
 compose_down() { compose down -v >/dev/null 2>&1 || true; }
 
 # ---------------------------------------------------------------- checks shared by both drivers
-identify_match() { # identify_match API_URL IMAGE -> "SUBJECT_ID FACE_ID DISTANCE" of the match, or "none"
+identify_match() { # identify_match API_URL IMAGE -> per face found: "SUBJECT_ID FACE_ID DISTANCE" of its match, or "none"
     curl -sS --fail-with-body -F "image=@$2" "$1/v1/collections/$COLLECTION/identify" \
-        | python3 -c 'import json, sys; faces = json.load(sys.stdin)["faces"]; m = faces[0]["match"] if faces else None; print("%s %s %.4f" % (m["subject_id"], m["face_id"], m["distance"]) if m else "none")'
+        | python3 -c 'import json, sys; ms = [f["match"] for f in json.load(sys.stdin)["faces"]] or [None]; print("\n".join("%s %s %.4f" % (m["subject_id"], m["face_id"], m["distance"]) if m else "none" for m in ms))'
 }
 
-identify() { identify_match "$API_URL" "$1" | cut -d ' ' -f 1; } # identify IMAGE -> the matched subject id, or "none"
+identify() { identify_match "$API_URL" "$1" | sed -n '1{s/ .*//;p}'; } # identify IMAGE -> the first face's subject id, or "none"
 
 face_count() {
     curl -sS --fail-with-body "$API_URL/v1/collections/$COLLECTION" \

@@ -52,7 +52,7 @@ def serve(server: MilvusServer) -> int:
             logger.error("the Milvus server exited:\n%s", server._logs())
             status = 1
             break
-    server.stop(grace_s=30.0)
+    server.stop(grace_s=60.0)
     logger.info("Milvus stopped")
     return status
 
