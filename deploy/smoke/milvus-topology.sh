@@ -55,7 +55,9 @@ topology_wait_milvus() {
 
 topology_start_milvus() {
     log "starting Milvus ($MILVUS_IMAGE) on 127.0.0.1:$MILVUS_PORT"
-    podman run -d --name "$PROJECT-milvus" --network host -e MILVUS_PORT="$MILVUS_PORT" \
+    # --init: the launcher exits before the server binary on SIGTERM; without an init reaping the
+    # orphaned binary, its zombie looks alive to the entrypoint's stop and each stop waits the full grace.
+    podman run -d --init --name "$PROJECT-milvus" --network host -e MILVUS_PORT="$MILVUS_PORT" \
         -v "$PROJECT-milvus:/var/lib/milvus" "$MILVUS_IMAGE" >/dev/null
     topology_wait_milvus
 }
