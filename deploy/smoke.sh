@@ -7,6 +7,7 @@
 #
 #   deploy/smoke.sh                          # plain podman, host networking (default)
 #   SMOKE_DRIVER=compose deploy/smoke.sh     # the real docker-compose.yml (podman-compose or docker compose)
+#   SMOKE_TOPOLOGY=milvus deploy/smoke.sh    # Milvus + two API replicas (deploy/smoke/milvus-topology.sh)
 #
 # Needs podman (or docker for SMOKE_DRIVER=compose with `docker compose`), curl, python3 and LFW.
 #
@@ -24,7 +25,8 @@
 #     official postgres:16. With registry access set SMOKE_BASE_IMAGE=docker.io/library/python:3.11-slim
 #     and SMOKE_POSTGRES_IMAGE=docker.io/library/postgres:16.
 #
-# Knobs (environment): SMOKE_DRIVER (podman|compose), SMOKE_COMPOSE (compose command; default
+# Knobs (environment): SMOKE_TOPOLOGY (postgres|milvus; milvus: podman driver only, see
+# deploy/smoke/milvus-topology.sh for its own knobs), SMOKE_DRIVER (podman|compose), SMOKE_COMPOSE (compose command; default
 # podman-compose if installed, else "docker compose"), SMOKE_BASE_IMAGE, SMOKE_POSTGRES_IMAGE,
 # SMOKE_API_PORT (18080), SMOKE_PG_PORT (55432, podman driver), SMOKE_LFW_DIR (../shared/data/lfw),
 # SMOKE_KEEP=1 keeps containers and volumes for inspection.
@@ -32,6 +34,7 @@ set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DRIVER=${SMOKE_DRIVER:-podman}
+TOPOLOGY=${SMOKE_TOPOLOGY:-postgres}
 BASE_IMAGE=${SMOKE_BASE_IMAGE:-localhost/faces-base:bookworm}
 POSTGRES_IMAGE=${SMOKE_POSTGRES_IMAGE:-localhost/faces-postgres:15}
 API_IMAGE=${SMOKE_API_IMAGE:-localhost/faces-api:smoke}
@@ -183,10 +186,12 @@ compose_api_url_inside=http://127.0.0.1:8000
 compose_down() { compose down -v >/dev/null 2>&1 || true; }
 
 # ---------------------------------------------------------------- checks shared by both drivers
-identify() { # identify IMAGE -> the matched subject id, or "none"
-    curl -sS --fail-with-body -F "image=@$1" "$API_URL/v1/collections/$COLLECTION/identify" \
-        | python3 -c 'import json, sys; faces = json.load(sys.stdin)["faces"]; m = faces[0]["match"] if faces else None; print(m["subject_id"] if m else "none")'
+identify_match() { # identify_match API_URL IMAGE -> per face found: "SUBJECT_ID FACE_ID DISTANCE" of its match, or "none"
+    curl -sS --fail-with-body -F "image=@$2" "$1/v1/collections/$COLLECTION/identify" \
+        | python3 -c 'import json, sys; ms = [f["match"] for f in json.load(sys.stdin)["faces"]] or [None]; print("\n".join("%s %s %.4f" % (m["subject_id"], m["face_id"], m["distance"]) if m else "none" for m in ms))'
 }
+
+identify() { identify_match "$API_URL" "$1" | sed -n '1{s/ .*//;p}'; } # identify IMAGE -> the first face's subject id, or "none"
 
 face_count() {
     curl -sS --fail-with-body "$API_URL/v1/collections/$COLLECTION" \
@@ -205,10 +210,10 @@ cleanup() {
     if [[ "${SMOKE_KEEP:-0}" == 1 ]]; then
         log "SMOKE_KEEP=1: leaving the $PROJECT containers and volumes"
     else
-        "${DRIVER}_down"
+        "$TEARDOWN"
     fi
     rm -rf "$WORK"
-    if [[ $status == 0 ]]; then log "PASS ($DRIVER driver) in $(($(date +%s) - START)) s"; else log "exit status $status"; fi
+    if [[ $status == 0 ]]; then log "PASS ($TOPOLOGY topology, $DRIVER driver) in $(($(date +%s) - START)) s"; else log "exit status $status"; fi
 }
 
 build_base_image() {
@@ -239,6 +244,16 @@ case "$DRIVER" in
     podman | compose) ;;
     *) fail "SMOKE_DRIVER must be podman or compose, not '$DRIVER'" ;;
 esac
+case "$TOPOLOGY" in
+    postgres) TEARDOWN=${DRIVER}_down ;;
+    milvus)
+        [[ $DRIVER == podman ]] || fail "SMOKE_TOPOLOGY=milvus runs with the podman driver only"
+        # shellcheck source=deploy/smoke/milvus-topology.sh
+        source "$REPO_ROOT/deploy/smoke/milvus-topology.sh"
+        TEARDOWN=milvus_topology_down
+        ;;
+    *) fail "SMOKE_TOPOLOGY must be postgres or milvus, not '$TOPOLOGY'" ;;
+esac
 [[ -d "$LFW_DIR/images/$PERSON" ]] || fail "LFW not found at $LFW_DIR (set SMOKE_LFW_DIR)"
 command -v "$ENGINE" >/dev/null || fail "$ENGINE is not installed"
 command -v "${COMPOSE_TOOL[0]}" >/dev/null || [[ $DRIVER == podman ]] || fail "${COMPOSE_TOOL[0]} is not installed"
@@ -247,7 +262,7 @@ if [[ $ENGINE == docker ]]; then podman() { command docker "$@"; }; fi
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 if [[ $DRIVER == compose ]]; then compose_prepare; fi
-"${DRIVER}_down"   # leftovers of an interrupted run would clash on names and ports
+"$TEARDOWN"   # leftovers of an interrupted run would clash on names and ports
 
 log "building images"
 if ! $ENGINE image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
@@ -270,6 +285,11 @@ else
 fi
 log "built $API_IMAGE (deploy/Dockerfile target cpu, BASE_IMAGE=$BASE_IMAGE):" \
     "$($ENGINE image inspect "$API_IMAGE" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}')"
+if [[ $TOPOLOGY == milvus ]]; then
+    milvus_topology_build
+    milvus_topology_run
+    exit 0
+fi
 
 # The enrollment tree: 3 + 2 LFW photos and a text file pretending to be a JPEG.
 mkdir -p "$WORK/enroll/$PERSON" "$WORK/enroll/$OTHER"
