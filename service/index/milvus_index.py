@@ -209,6 +209,11 @@ class MilvusIndex:
                 f"{self._dim}); set FACES_MILVUS_COLLECTION to a new name or drop it."
             )
 
+    def index_state(self) -> dict[str, Any]:
+        """Milvus's description of the vector index: type, build parameters, indexed/pending rows."""
+        names = self._client.list_indexes(self._name, field_name=VECTOR_FIELD)
+        return dict(self._client.describe_index(self._name, names[0])) if names else {}
+
     def _adopt_existing_index(self) -> None:
         """Search an existing collection with parameters that fit the index it has; warn on a mismatch.
 
@@ -216,8 +221,7 @@ class MilvusIndex:
         rebuild it. To change it, point ``FACES_MILVUS_COLLECTION`` at a new name (start-up fills it
         from the store) or drop the collection.
         """
-        names = self._client.list_indexes(self._name, field_name=VECTOR_FIELD)
-        found = self._client.describe_index(self._name, names[0]) if names else {}
+        found = self.index_state()
         kind = str(found.get("index_type", "")).upper()
         if kind not in get_args(IndexKind):
             logger.warning(
