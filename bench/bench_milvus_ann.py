@@ -342,7 +342,9 @@ def main(argv: list[str] | None = None) -> None:
     probes = np.ascontiguousarray(faces.embeddings[probe_rows, 0], dtype=np.float32)
     probe_people = faces.people[probe_rows]
     sims = probes.astype(np.float64) @ vectors.astype(np.float64).T
-    exact_cols = np.argsort(-sims, axis=1, kind="stable")[:, :K]
+    nearest = np.argpartition(-sims, K, axis=1)[:, :K]
+    order = np.argsort(-np.take_along_axis(sims, nearest, axis=1), axis=1, kind="stable")
+    exact_cols = np.take_along_axis(nearest, order, axis=1)
     exact_d2 = 2.0 - 2.0 * np.take_along_axis(sims, exact_cols, axis=1)
     exact = ids[exact_cols]
     gallery_people_by_pk = np.concatenate([[-1], gallery_people])  # pk → person (pk 0 unused)
