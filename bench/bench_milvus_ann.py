@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
         for ann, searches in plans:
-            print(f"building {ann.describe()} ...", flush=True)
+            print(f"building {ann.kind} {ann.build_params() or ''} ...", flush=True)
             index, built = build(uri, ann, ids, vectors)
             builds.append(built)
             index.close()
@@ -443,6 +443,7 @@ def main(argv: list[str] | None = None) -> None:
             "same top subject",
             "same match decision",
             "same identify answer",
+            "probe's person on top",
             "search p50 ms",
             "search p99 ms",
             "index build s",
@@ -457,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{100 * r.same_top_subject:.1f}%",
             f"{100 * r.same_decision:.1f}%",
             f"{100 * r.same_answer:.1f}%",
+            f"{100 * r.correct_top_subject:.1f}%",
             fmt(r.search.p50_ms),
             fmt(r.search.p99_ms),
             fmt(build_s[r.index].build_s),
