@@ -49,9 +49,9 @@ class Settings(BaseSettings):
     milvus_index: Literal["FLAT", "HNSW", "IVF_FLAT"] = "FLAT"
     milvus_hnsw_m: int = Field(default=16, ge=2, le=2048)  # graph links per vector (build)
     milvus_hnsw_ef_construction: int = Field(default=200, ge=1, le=32_768)  # build candidates
-    milvus_hnsw_ef: int = Field(default=64, ge=1, le=32_768)  # search candidates (raised to k if below)
+    milvus_hnsw_ef: int = Field(default=128, ge=1, le=32_768)  # search candidates (raised to k if below)
     milvus_ivf_nlist: int = Field(default=1024, ge=1, le=65_536)  # k-means cells per segment (build)
-    milvus_ivf_nprobe: int = Field(default=32, ge=1, le=65_536)  # cells scanned per search (<= nlist)
+    milvus_ivf_nprobe: int = Field(default=64, ge=1, le=65_536)  # cells scanned per search (<= nlist)
     # How often every replica compares the store with the vector engine and repairs differences.
     index_reconcile_interval_s: float = Field(default=60.0, ge=0.0)  # 0 = only at start-up
 

@@ -71,9 +71,9 @@ class AnnIndex:
     kind: IndexKind = "FLAT"
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
-    hnsw_ef: int = 64
+    hnsw_ef: int = 128
     ivf_nlist: int = 1024
-    ivf_nprobe: int = 32
+    ivf_nprobe: int = 64
 
     def build_params(self) -> dict[str, int]:
         if self.kind == "HNSW":
