@@ -37,6 +37,7 @@ ORDER = [
     "bench_large_images",
     "bench_hostile",
     "bench_milvus",
+    "bench_milvus_ann",
 ]
 DEFAULT = ["search", "stages", "pipeline", "embed", "http", "memory", "calibrate", "large_images", "hostile"]
 TITLES = {
@@ -51,6 +52,7 @@ TITLES = {
     "bench_large_images": "Large images: before / after reduced-size decoding",
     "bench_hostile": "Hostile inputs (reliability)",
     "bench_milvus": "Milvus next to FAISS (identify, enroll, consistency)",
+    "bench_milvus_ann": "Milvus approximate indexes (HNSW, IVF_FLAT) vs exact FLAT on real faces",
 }
 
 
@@ -377,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         default="",
         help="comma list of: search,stages,pipeline,embed,accuracy,http,memory,calibrate,large_images,"
-        "hostile,milvus",
+        "hostile,milvus,milvus_ann",
     )
     parser.add_argument("--full", action="store_true", help="1M rows and the LFW accuracy comparison")
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")

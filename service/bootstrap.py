@@ -73,7 +73,7 @@ def build_vector_index(settings: Settings, store: FaceStore, dim: int) -> Vector
     """The configured engine: embedded FAISS (default) or Milvus (``FACES_VECTOR_BACKEND=milvus``)."""
     if settings.vector_backend == "milvus":
         # Imported only when chosen: pymilvus is the optional ``[milvus]`` extra.
-        from service.index.milvus_index import MilvusIndex
+        from service.index.milvus_index import AnnIndex, MilvusIndex
 
         return MilvusIndex(
             store,
@@ -83,6 +83,14 @@ def build_vector_index(settings: Settings, store: FaceStore, dim: int) -> Vector
             token=settings.milvus_token,
             db_name=settings.milvus_db,
             search_consistency=settings.milvus_search_consistency,
+            ann=AnnIndex(
+                kind=settings.milvus_index,
+                hnsw_m=settings.milvus_hnsw_m,
+                hnsw_ef_construction=settings.milvus_hnsw_ef_construction,
+                hnsw_ef=settings.milvus_hnsw_ef,
+                ivf_nlist=settings.milvus_ivf_nlist,
+                ivf_nprobe=settings.milvus_ivf_nprobe,
+            ),
             timeout_s=settings.milvus_timeout_s,
         )
     return IndexRegistry(

@@ -43,6 +43,15 @@ class Settings(BaseSettings):
         "Customized"
     )
     milvus_timeout_s: float = Field(default=10.0, gt=0.0)
+    # Milvus vector index, built when the Milvus collection is created: FLAT = exact (like FAISS);
+    # HNSW / IVF_FLAT = approximate, faster on large galleries, may miss a neighbour (recall on real
+    # faces: README "Milvus"). An existing collection keeps its index (a warning names the difference).
+    milvus_index: Literal["FLAT", "HNSW", "IVF_FLAT"] = "FLAT"
+    milvus_hnsw_m: int = Field(default=16, ge=2, le=2048)  # graph links per vector (build)
+    milvus_hnsw_ef_construction: int = Field(default=200, ge=1, le=32_768)  # build candidates
+    milvus_hnsw_ef: int = Field(default=128, ge=1, le=32_768)  # search candidates (raised to k if below)
+    milvus_ivf_nlist: int = Field(default=1024, ge=1, le=65_536)  # k-means cells per segment (build)
+    milvus_ivf_nprobe: int = Field(default=64, ge=1, le=65_536)  # cells scanned per search (<= nlist)
     # How often every replica compares the store with the vector engine and repairs differences.
     index_reconcile_interval_s: float = Field(default=60.0, ge=0.0)  # 0 = only at start-up
 

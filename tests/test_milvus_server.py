@@ -23,7 +23,7 @@ from tests.test_crash import Server, milvus_env
 
 require_pymilvus()
 
-from service.index.milvus_index import MilvusIndex  # noqa: E402
+from service.index.milvus_index import AnnIndex, MilvusIndex  # noqa: E402
 
 pytestmark = pytest.mark.slow
 LfwImage = Callable[[str, int], Path]
@@ -140,5 +140,49 @@ def test_start_up_repair_and_same_answers_at_ten_thousand_faces(
     assert other.reconcile(pks).inserted == 1  # the periodic pass puts the store's face back
     assert index.out_of_sync(pks) == []
     other.close()
+    index.close()
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "ann",
+    [AnnIndex("HNSW", hnsw_m=8, hnsw_ef_construction=100, hnsw_ef=32), AnnIndex("IVF_FLAT", ivf_nlist=32)],
+    ids=["HNSW", "IVF_FLAT"],
+)
+def test_an_approximate_index_on_the_server(
+    milvus_server: MilvusServer, tmp_path: Path, lfw_root: Path, ann: AnnIndex
+) -> None:
+    """FACES_MILVUS_INDEX on a real server: the index is built on sealed segments with the configured
+    parameters, a reopened collection is searched as what it has, and real people are still found."""
+    people = embed_lfw_people(lfw_root, 20)
+    store = FaceStore.from_url(f"sqlite:///{tmp_path}/faces.db")
+    store.create_collection("office")
+    enroll_into(store, "office", people)
+    store.bulk_insert_synthetic("office", "distractor-", unit_vectors(3_000, seed=6), faces_per_subject=5)
+    pks = [c.pk for c in store.list_collections()]
+    name = f"ann_{free_port()}"
+    index = MilvusIndex(store, 128, uri=milvus_server.uri, collection=name, ann=ann)
+    index.load_all(pks)
+    index.flush()  # sealed segments get the index; growing ones are scanned
+    deadline = time.monotonic() + 120
+    while (state := index.index_state())["indexed_rows"] < 3_060 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert state["index_type"] == ann.kind
+    assert state["indexed_rows"] == 3_060, state
+    for key, value in ann.build_params().items():
+        assert int(state[key]) == value, state
+
+    reopened = MilvusIndex(store, 128, uri=milvus_server.uri, collection=name)  # configured: FLAT
+    assert reopened.ann.kind == ann.kind
+    assert reopened.ann.build_params() == ann.build_params()
+    probes = np.stack(list(people.probes.values()))
+    faiss_index = IndexRegistry(store, 128, tmp_path / "index")
+    faiss_index.load_all(pks)
+    exact = Gallery(store, faiss_index).search(pks[0], probes, 5)
+    for engine in (index, reopened):
+        approx = Gallery(store, engine).search(pks[0], probes, 5)
+        assert [r[0].subject_id for r in approx] == [r[0].subject_id for r in exact]
+    reopened.destroy()
+    reopened.close()
     index.close()
     store.close()

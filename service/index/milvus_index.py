@@ -1,8 +1,12 @@
 """Milvus as the vector engine: one engine shared by every API replica (``FACES_VECTOR_BACKEND=milvus``).
 
 Layout: one Milvus collection (``FACES_MILVUS_COLLECTION``), primary key = the store's face pk
-(INT64, never reused), partition key = the store's collection pk, ``FLOAT_VECTOR(dim)`` with an
-exact ``FLAT`` index and metric IP on unit vectors: the same exact cosine search as FAISS.
+(INT64, never reused), partition key = the store's collection pk, ``FLOAT_VECTOR(dim)`` with metric
+IP on unit vectors. The vector index is ``FACES_MILVUS_INDEX``: ``FLAT`` (the default) is the same exact
+cosine search as FAISS; ``HNSW`` and ``IVF_FLAT`` are approximate (faster on large galleries, may miss
+a neighbour: recall measured on real face embeddings by ``bench/bench_milvus_ann.py``). The index is
+built when the Milvus collection is created; a collection that already exists keeps its index (a
+warning names the difference) and is searched with the parameters that fit the index it has.
 
 Writes go to the store first, then here: ``insert`` for new faces, ``delete`` by pk. A write that
 reached the store but not Milvus (a crash in between, Milvus down) is repaired by ``reconcile``:
@@ -28,7 +32,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, Literal, TypeVar, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,6 +45,7 @@ from service.index.base import EmbeddingSource, ReconcileReport, SearchHits, as_
 logger = logging.getLogger(__name__)
 
 Consistency = Literal["Customized", "Strong", "Bounded", "Session", "Eventually"]
+IndexKind = Literal["FLAT", "HNSW", "IVF_FLAT"]
 T = TypeVar("T")
 
 PK_FIELD, PARTITION_FIELD, VECTOR_FIELD = "pk", "collection_pk", "embedding"
@@ -50,6 +56,45 @@ STORE_BATCH = 8_192  # store rows compared per range query during a full reconci
 NUM_PARTITIONS = 16
 _WRITE_RETRIES = (0.1, 0.4, 1.0)  # seconds between attempts
 _INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class AnnIndex:
+    """The Milvus vector index and its knobs: exact ``FLAT``, or approximate ``HNSW`` / ``IVF_FLAT``.
+
+    HNSW: a graph of ``hnsw_m`` links per vector built with ``hnsw_ef_construction`` candidates; a
+    search explores ``hnsw_ef`` candidates (raised to k when k is larger: Milvus requires ef >= k).
+    IVF_FLAT: ``ivf_nlist`` k-means cells per segment; a search scans the ``ivf_nprobe`` nearest cells
+    (at most ``ivf_nlist``). Larger ef / nprobe: higher recall, slower searches.
+    """
+
+    kind: IndexKind = "FLAT"
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 200
+    hnsw_ef: int = 128
+    ivf_nlist: int = 1024
+    ivf_nprobe: int = 64
+
+    def build_params(self) -> dict[str, int]:
+        if self.kind == "HNSW":
+            return {"M": self.hnsw_m, "efConstruction": self.hnsw_ef_construction}
+        if self.kind == "IVF_FLAT":
+            return {"nlist": self.ivf_nlist}
+        return {}
+
+    def search_params(self, k: int) -> dict[str, int]:
+        if self.kind == "HNSW":
+            return {"ef": max(self.hnsw_ef, k)}
+        if self.kind == "IVF_FLAT":
+            return {"nprobe": max(1, min(self.ivf_nprobe, self.ivf_nlist))}
+        return {}
+
+    def describe(self) -> str:
+        if self.kind == "HNSW":
+            return f"HNSW M={self.hnsw_m} efConstruction={self.hnsw_ef_construction} ef={self.hnsw_ef}"
+        if self.kind == "IVF_FLAT":
+            return f"IVF_FLAT nlist={self.ivf_nlist} nprobe={self.ivf_nprobe}"
+        return "FLAT (exact)"
 
 
 class MilvusIndex:
@@ -65,9 +110,11 @@ class MilvusIndex:
         token: str = "",
         db_name: str = "",
         search_consistency: Consistency = "Customized",
+        ann: AnnIndex | None = None,
         timeout_s: float = 10.0,
     ) -> None:
         self._store = store
+        self._ann = ann or AnnIndex()  # what the collection is searched with (fitted to what it has)
         self._dim = dim
         self._name = collection
         self._consistency = search_consistency
@@ -79,10 +126,11 @@ class MilvusIndex:
         except MilvusException as exc:
             raise VectorEngineUnavailable(f"Milvus at {uri} is not usable: {exc.message}") from exc
         logger.info(
-            "vector engine: Milvus %s, collection %r (%d-d, FLAT/IP), identify consistency %s",
+            "vector engine: Milvus %s, collection %r (%d-d, %s, IP), identify consistency %s",
             uri,
             collection,
             dim,
+            self._ann.describe(),
             search_consistency,
         )
 
@@ -114,6 +162,11 @@ class MilvusIndex:
         return self._name
 
     @property
+    def ann(self) -> AnnIndex:
+        """The vector index searched: the configured one, or the one an existing collection has."""
+        return self._ann
+
+    @property
     def tracks_writes(self) -> bool:
         return self._consistency == "Customized"
 
@@ -122,13 +175,19 @@ class MilvusIndex:
     def _ensure_collection(self) -> None:
         if self._client.has_collection(self._name):
             self._check_schema(self._client.describe_collection(self._name))
+            self._adopt_existing_index()
         else:
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field(PK_FIELD, DataType.INT64, is_primary=True)
             schema.add_field(PARTITION_FIELD, DataType.INT64, is_partition_key=True)
             schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=self._dim)
             index_params = self._client.prepare_index_params()
-            index_params.add_index(field_name=VECTOR_FIELD, index_type="FLAT", metric_type="IP")
+            index_params.add_index(
+                field_name=VECTOR_FIELD,
+                index_type=self._ann.kind,
+                metric_type="IP",
+                params=self._ann.build_params(),
+            )
             self._client.create_collection(
                 self._name,
                 schema=schema,
@@ -136,7 +195,7 @@ class MilvusIndex:
                 num_partitions=NUM_PARTITIONS,
                 consistency_level="Strong",
             )
-            logger.info("created Milvus collection %r", self._name)
+            logger.info("created Milvus collection %r with a %s index", self._name, self._ann.describe())
         self._client.load_collection(self._name)
 
     def _check_schema(self, described: dict[str, Any]) -> None:
@@ -149,6 +208,50 @@ class MilvusIndex:
                 f"Milvus collection {self._name!r} exists with another layout (vector dim {dim}, model "
                 f"{self._dim}); set FACES_MILVUS_COLLECTION to a new name or drop it."
             )
+
+    def index_state(self) -> dict[str, Any]:
+        """Milvus's description of the vector index: type, build parameters, indexed/pending rows."""
+        names = self._client.list_indexes(self._name, field_name=VECTOR_FIELD)
+        return dict(self._client.describe_index(self._name, names[0])) if names else {}
+
+    def _adopt_existing_index(self) -> None:
+        """Search an existing collection with parameters that fit the index it has; warn on a mismatch.
+
+        The index is not rebuilt here: with several replicas starting at once, each would drop and
+        rebuild it. To change it, point ``FACES_MILVUS_COLLECTION`` at a new name (start-up fills it
+        from the store) or drop the collection.
+        """
+        found = self.index_state()
+        kind = str(found.get("index_type", "")).upper()
+        if kind not in get_args(IndexKind):
+            logger.warning(
+                "Milvus collection %r has a %s index on %r, not one this service builds (%s); searching "
+                "it with default parameters",
+                self._name,
+                kind or "missing",
+                VECTOR_FIELD,
+                ", ".join(get_args(IndexKind)),
+            )
+            return
+        built = {key: int(found[key]) for key in ("M", "efConstruction", "nlist") if key in found}
+        existing = replace(
+            self._ann,
+            kind=kind,  # type: ignore[arg-type]  # checked against IndexKind above
+            hnsw_m=built.get("M", self._ann.hnsw_m),
+            hnsw_ef_construction=built.get("efConstruction", self._ann.hnsw_ef_construction),
+            ivf_nlist=built.get("nlist", self._ann.ivf_nlist),
+        )
+        if existing.build_params() != self._ann.build_params() or existing.kind != self._ann.kind:
+            logger.warning(
+                "Milvus collection %r already has a %s index; FACES_MILVUS_INDEX asks for %s. The "
+                "existing index is kept and searched as it is. To change it, set "
+                "FACES_MILVUS_COLLECTION to a new name (start-up fills it from the store) or drop the "
+                "collection.",
+                self._name,
+                existing.describe(),
+                self._ann.describe(),
+            )
+        self._ann = existing
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -219,7 +322,7 @@ class MilvusIndex:
                 limit=k,
                 filter=_in_collection(collection_pk),
                 output_fields=[],
-                search_params={"metric_type": "IP", "params": {}},
+                search_params={"metric_type": "IP", "params": self._ann.search_params(k)},
                 **consistency,
             )
         except MilvusException as exc:
