@@ -186,3 +186,37 @@ def test_an_approximate_index_on_the_server(
     reopened.close()
     index.close()
     store.close()
+
+
+def test_a_failed_call_replaces_the_connection(milvus_server: MilvusServer, tmp_path: Path) -> None:
+    """A replica never needs a restart after a Milvus outage: the call that fails answers 503 at
+    once, a fresh connection is opened in the background, and the next calls go through it."""
+    from pymilvus import MilvusException
+
+    from service.errors import VectorEngineUnavailable
+
+    store = FaceStore.from_url(f"sqlite:///{tmp_path}/faces.db")
+    collection_pk = store.create_collection("office").pk
+    index = MilvusIndex(store, 128, uri=milvus_server.uri, collection=f"reconnect_{free_port()}")
+    index.load_all([collection_pk])
+    vectors = unit_vectors(3, seed=11)
+    written = index.add(collection_pk, np.array([1, 2, 3], dtype=np.int64), vectors)
+    assert index.search(collection_pk, vectors[:1], 1, visible_after=written)[1][0, 0] == 1
+
+    broken = index._client
+
+    def unreachable(*_args: object, **_kwargs: object) -> object:
+        raise MilvusException(message="Fail connecting to server (injected)")
+
+    broken.search = unreachable  # type: ignore[method-assign]
+    with pytest.raises(VectorEngineUnavailable):
+        index.search(collection_pk, vectors[:1], 1)
+    deadline = time.monotonic() + 30
+    while index._client is broken and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert index._client is not broken, "no fresh connection after a failed call"
+    sims, pks = index.search(collection_pk, vectors, 1, visible_after=written)
+    assert pks[:, 0].tolist() == [1, 2, 3]
+    np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
+    index.close()
+    store.close()

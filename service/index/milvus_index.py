@@ -29,7 +29,9 @@ moment ago through another replica. Counts and repairs always read Strong.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -55,6 +57,9 @@ INSERT_BATCH = 4_096  # rows per insert call: ~2.5 MB of protobuf at 128-d
 STORE_BATCH = 8_192  # store rows compared per range query during a full reconcile
 NUM_PARTITIONS = 16
 _WRITE_RETRIES = (0.1, 0.4, 1.0)  # seconds between attempts
+# After a failed call to a Milvus server, a fresh connection is opened in the background, at most this
+# often: a replica must never need a restart after a Milvus outage.
+RECONNECT_MIN_INTERVAL_S = 5.0
 _INT64_MAX = 2**63 - 1
 
 
@@ -120,8 +125,22 @@ class MilvusIndex:
         self._consistency = search_consistency
         self._timeout = timeout_s
         self._uri = uri
+        self._connect_args: dict[str, Any] = {
+            "uri": uri,
+            "token": token,
+            "db_name": db_name,
+            "timeout": timeout_s,
+        }
+        # A server (not a milvus-lite file) gets a connection of its own, so that a reconnect
+        # really replaces it rather than handing back pymilvus' shared, possibly stale, channel.
+        self._remote = "://" in uri
+        if self._remote:
+            self._connect_args["dedicated"] = True
+        self._reconnect_lock = threading.Lock()
+        self._reconnecting = False
+        self._last_reconnect = 0.0
         try:
-            self._client = MilvusClient(uri=uri, token=token, db_name=db_name, timeout=timeout_s)
+            self._client = MilvusClient(**self._connect_args)
             self._ensure_collection()
         except MilvusException as exc:
             raise VectorEngineUnavailable(f"Milvus at {uri} is not usable: {exc.message}") from exc
@@ -296,6 +315,7 @@ class MilvusIndex:
                 return call()
             except MilvusException as exc:
                 if pause is None:
+                    self._reconnect_soon(exc)
                     raise VectorEngineUnavailable(
                         "The vector engine did not accept the change. It is stored and becomes "
                         "searchable once the engine is back (repaired automatically)."
@@ -326,6 +346,7 @@ class MilvusIndex:
                 **consistency,
             )
         except MilvusException as exc:
+            self._reconnect_soon(exc)
             raise VectorEngineUnavailable("The vector engine did not answer the search.") from exc
         width = max((len(hits) for hits in results), default=0)
         if width == 0:
@@ -353,6 +374,7 @@ class MilvusIndex:
                 self._name, filter=expr, output_fields=fields, consistency_level="Strong", **extra
             )
         except MilvusException as exc:
+            self._reconnect_soon(exc)
             raise VectorEngineUnavailable("The vector engine did not answer.") from exc
         return list(rows)
 
@@ -461,6 +483,41 @@ class MilvusIndex:
 
     def close(self) -> None:
         self._client.close()
+
+    # -- connection ------------------------------------------------------------------------
+
+    def _reconnect_soon(self, failure: MilvusException) -> None:
+        """After a failed call to a server, open a fresh connection in the background.
+
+        pymilvus recovers most broken channels by itself, but a replica was once seen failing every
+        call for minutes after Milvus came back until it was restarted (deploy/README.md, Milvus
+        smoke test). The request that failed answers 503 at once; the next ones use the new client.
+        """
+        if not self._remote:
+            return
+        with self._reconnect_lock:
+            now = time.monotonic()
+            if self._reconnecting or now - self._last_reconnect < RECONNECT_MIN_INTERVAL_S:
+                return
+            self._reconnecting = True
+            self._last_reconnect = now
+        threading.Thread(
+            target=self._reconnect, args=(failure.message,), name="milvus-reconnect", daemon=True
+        ).start()
+
+    def _reconnect(self, reason: str) -> None:
+        try:
+            fresh = MilvusClient(**self._connect_args)
+        except Exception as exc:  # still unreachable: the next failed call tries again
+            logger.warning("Milvus at %s still unreachable (%s); will retry", self._uri, exc)
+            return
+        finally:
+            with self._reconnect_lock:
+                self._reconnecting = False
+        stale, self._client = self._client, fresh
+        with contextlib.suppress(Exception):
+            stale.close()
+        logger.warning("reconnected to Milvus at %s after a failed call (%s)", self._uri, reason)
 
 
 def _in_collection(collection_pk: int) -> str:
