@@ -219,23 +219,15 @@ def embed_lfw_images(args: argparse.Namespace, paths: list[Path], cache_name: st
     return LfwEmbeddings(vectors, methods, embedder, card)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``embed_lfw_images`` reads (model, detector, LFW location, runtime, cache), shared
+    by the verification and open-set evaluations; each adds its own ``--out`` and protocol options."""
     parser.add_argument("--model-dir", type=Path, default=REPO_ROOT / "models" / "artifacts")
     parser.add_argument("--card", default="embedder.json", help="model card file inside --model-dir")
     parser.add_argument(
         "--detector", default="yunet_2023mar_fp32.onnx", help="detector file inside --model-dir"
     )
     parser.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW_DIR)
-    parser.add_argument("--pairs", default="pairs.txt", help="pairs file inside --lfw-dir")
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help="report, ROC/histogram PNGs, embedding cache"
-    )
-    parser.add_argument(
-        "--update-card", action="store_true", help="write metrics and threshold into the card"
-    )
     parser.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     parser.add_argument("--score-threshold", type=float, default=0.6, help="detector score threshold")
@@ -249,6 +241,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--no-cache", action="store_true", help="ignore and overwrite the embedding cache")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_pipeline_arguments(parser)
+    parser.add_argument("--pairs", default="pairs.txt", help="pairs file inside --lfw-dir")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="report, ROC/histogram PNGs, embedding cache"
+    )
+    parser.add_argument(
+        "--update-card", action="store_true", help="write metrics and threshold into the card"
+    )
     return parser.parse_args(argv)
 
 

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.evaluate_lfw import DEFAULT_LFW_DIR, REPO_ROOT, embed_lfw_images
+from models.evaluate_lfw import REPO_ROOT, add_pipeline_arguments, embed_lfw_images
 from models.openset import (
     dir_at_threshold,
     evaluate_openset,
@@ -80,12 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model-dir", type=Path, default=REPO_ROOT / "models" / "artifacts")
-    parser.add_argument("--card", default="embedder.json", help="model card file inside --model-dir")
-    parser.add_argument(
-        "--detector", default="yunet_2023mar_fp32.onnx", help="detector file inside --model-dir"
-    )
-    parser.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW_DIR)
+    add_pipeline_arguments(parser)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report, plot, embedding cache")
     parser.add_argument(
         "--update-card",
@@ -103,13 +98,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--reference-gallery", type=int, default=1000, help="gallery people the threshold is chosen at"
     )
     parser.add_argument("--reference-enroll", type=int, default=1, help="enrolled photos per person there")
-    parser.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
-    parser.add_argument("--score-threshold", type=float, default=0.6, help="detector score threshold")
-    parser.add_argument("--max-side", type=int, default=640, help="detection downscale limit")
-    parser.add_argument("--min-side", type=int, default=0, help="detection upscale (0: off)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--no-cache", action="store_true", help="ignore and overwrite the embedding cache")
     return parser.parse_args(argv)
 
 
