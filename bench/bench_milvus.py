@@ -16,7 +16,6 @@ import argparse
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from numpy.typing import NDArray
 
 from bench.common import (
     LatencyStats,
+    NoStore,
     Report,
     Table,
     finish_report,
@@ -43,21 +43,6 @@ DIM = 128
 K = 40  # what Gallery.search asks the index for a top-5 answer
 COLLECTION_PK = 1
 LEVELS: tuple[Consistency, ...] = ("Customized", "Strong", "Bounded", "Eventually")
-
-
-class NoStore:
-    """The engines are filled directly here; nothing to reconcile against."""
-
-    def collection_revision(self, collection_pk: int) -> int:
-        return 0
-
-    def face_count(self, collection_pk: int) -> int:
-        return 0
-
-    def iter_embeddings(
-        self, collection_pk: int, batch_size: int = 0
-    ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
-        return iter(())
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,6 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from bench.common import (
     DEFAULT_LFW_ROOT,
     REPO_ROOT,
     LatencyStats,
+    NoStore,
     Table,
     finish_report,
     fmt,
@@ -201,21 +201,6 @@ def split(faces: FaceSet, n_queries: int, seed: int) -> tuple[NDArray[np.int64],
             break
     gallery = np.setdiff1d(np.arange(len(faces.people)), probes)
     return np.asarray(sorted(probes), dtype=np.int64), gallery
-
-
-class NoStore:
-    """The engine is filled directly here; nothing to reconcile against."""
-
-    def collection_revision(self, collection_pk: int) -> int:
-        return 0
-
-    def face_count(self, collection_pk: int) -> int:
-        return 0
-
-    def iter_embeddings(
-        self, collection_pk: int, batch_size: int = 0
-    ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
-        return iter(())
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -321,3 +321,19 @@ def measure_copy_bandwidth(size_bytes: int = 1 << 30, repeats: int = 5) -> float
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - t0)
     return 2.0 * src.nbytes / best
+
+
+class NoStore:
+    """An ``EmbeddingSource`` with nothing in it: for engines a benchmark fills directly (nothing to
+    rebuild or reconcile against)."""
+
+    def collection_revision(self, collection_pk: int) -> int:
+        return 0
+
+    def face_count(self, collection_pk: int) -> int:
+        return 0
+
+    def iter_embeddings(
+        self, collection_pk: int, batch_size: int = 0
+    ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
+        return iter(())
