@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from bench.common import DEFAULT_LFW_ROOT, REPO_ROOT, Report, Table, finish_report, start_report
 from bench.dlib_baseline import baseline_versions, encode_lfw_images
-from models.lfw import LfwPair, evaluate_verification, read_pairs
+from models.lfw import LfwPair, evaluate_verification, read_pairs, save_npz_atomic
 from service.runtime.model_card import ModelCard
 
 CACHE_DIR = REPO_ROOT / "bench" / "results" / "tmp"
@@ -63,16 +63,13 @@ def save_dlib_cache(
     path: Path, key: str, encodings: dict[str, NDArray[np.float32]], methods: dict[str, str]
 ) -> None:
     names = sorted(encodings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp,
+    save_npz_atomic(
+        path,
         key=np.array(key),
         names=np.array(names),
         encodings=np.stack([encodings[n] for n in names]),
         methods=np.array([methods[n] for n in names]),
     )
-    tmp.replace(path)
 
 
 def evaluate_dlib(pairs: list[LfwPair], images_dir: Path, args: argparse.Namespace) -> dict[str, Any]:

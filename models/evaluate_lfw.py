@@ -27,7 +27,14 @@ import numpy as np
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from models.lfw import LfwPair, evaluate_verification, plot_histogram, plot_roc, read_pairs
+from models.lfw import (
+    LfwPair,
+    evaluate_verification,
+    plot_histogram,
+    plot_roc,
+    read_pairs,
+    save_npz_atomic,
+)
 from service.runtime.alignment import AlignmentTemplate
 from service.runtime.analyzer import AnalyzedFace, FaceAnalyzer
 from service.runtime.detector import YuNetDetector, load_detector
@@ -145,16 +152,13 @@ def save_cache(
     cache: Path, key: str, vectors: dict[str, NDArray[np.float32]], methods: dict[str, str]
 ) -> None:
     names = sorted(vectors)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp.npz")
-    np.savez(
-        tmp,
+    save_npz_atomic(
+        cache,
         key=np.array(key),
         names=np.array(names),
         embeddings=np.stack([vectors[n] for n in names]),
         methods=np.array([methods[n] for n in names]),
     )
-    tmp.replace(cache)
 
 
 @dataclass(frozen=True, slots=True)

@@ -247,3 +247,12 @@ def plot_histogram(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def save_npz_atomic(path: Path, **arrays: Any) -> None:
+    """``np.savez`` to a temp file beside ``path``, then rename: a run killed mid-write never leaves
+    a truncated cache that the next run would trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)

@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from tqdm import tqdm
 
 from models.evaluate_lfw import DEFAULT_LFW_DIR, FALLBACK_SCORE, MAX_PIXELS, choose_face, file_digest
+from models.lfw import save_npz_atomic
 from service.runtime.alignment import get_alignment
 from service.runtime.analyzer import FaceAnalyzer
 from service.runtime.detector import YuNetDetector, load_detector
@@ -93,16 +94,13 @@ def detect_landmarks(
 
 
 def save_faces(path: Path, faces: LfwFaces, key: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp,
+    save_npz_atomic(
+        path,
         key=np.array(key),
         names=np.array(faces.names),
         landmarks=faces.landmarks,
         methods=np.array(faces.methods),
     )
-    tmp.replace(path)
 
 
 def load_faces(path: Path) -> LfwFaces:
@@ -147,16 +145,13 @@ def embed_faces(
 
 
 def save_embeddings(path: Path, embeddings: BackboneEmbeddings, key: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp,
+    save_npz_atomic(
+        path,
         key=np.array(key),
         names=np.array(embeddings.names),
         plain=embeddings.plain,
         flipped=embeddings.flipped,
     )
-    tmp.replace(path)
 
 
 def load_embeddings(path: Path) -> BackboneEmbeddings:
