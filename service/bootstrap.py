@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from service.api.auth import KeyRing
 from service.api.deps import Services
 from service.domain.calibration import CalibrationSlot
 from service.domain.faces import FaceEngine
@@ -148,7 +147,6 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         engine=engine,
         card=card,
         metrics=metrics,
-        keyring=KeyRing.parse(settings.api_keys),
         provider=provider,
         thresholds=thresholds,
         calibration=CalibrationSlot(),

@@ -8,13 +8,13 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyHeader
 
-from service.api.auth import API_KEY_HEADER, CALLER_SCOPE_KEY, Caller, KeyRing
+from service.api.auth import API_KEY_HEADER, CALLER_SCOPE_KEY, Caller
 from service.api.schemas import CollectionName
 from service.domain.calibration import CalibrationSlot
 from service.domain.faces import FaceEngine
 from service.domain.gallery import Gallery
 from service.domain.thresholds import ThresholdPolicy
-from service.errors import NotReady
+from service.errors import NotReady, Unauthorized
 from service.observability import Metrics
 from service.runtime.model_card import ModelCard
 from service.settings import Settings
@@ -27,7 +27,6 @@ class Services:
     engine: FaceEngine
     card: ModelCard
     metrics: Metrics
-    keyring: KeyRing
     provider: str
     thresholds: ThresholdPolicy
     calibration: CalibrationSlot
@@ -47,17 +46,14 @@ _api_key_header = APIKeyHeader(
 )
 
 
-def get_caller(
-    request: Request, services: ServicesDep, api_key: Annotated[str | None, Depends(_api_key_header)]
-) -> Caller:
-    """The caller ApiKeyAuth identified before the body was read (the same rules, re-derived when
-    the app runs without that middleware)."""
+def get_caller(request: Request, api_key: Annotated[str | None, Depends(_api_key_header)]) -> Caller:
+    """The caller ApiKeyAuth identified from the headers before the body was read (every ``/v1``
+    request passes through it). ``api_key`` is declared here only so the OpenAPI document shows it."""
+    del api_key
     caller = request.scope.get(CALLER_SCOPE_KEY)
-    if isinstance(caller, Caller):
-        return caller
-    if not services.keyring.enabled:
-        return Caller(None)
-    return Caller(services.keyring.scope_of(api_key))
+    if not isinstance(caller, Caller):  # fail closed, should the middleware ever be left out
+        raise Unauthorized("This request was not authenticated.")
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
