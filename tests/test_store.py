@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,14 +11,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, Table, create_engine, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    inspect,
+    text,
+)
 
 from service.errors import CollectionExists, CollectionNotFound, FaceNotFound, SubjectExists, SubjectNotFound
 from service.main import create_app
 from service.settings import Settings
 from service.storage.engine import make_engine
 from service.storage.records import NewFace
-from service.storage.schema import faces_table, migrate_additive, subjects_table
+from service.storage.schema import (
+    MIGRATIONS,
+    MigrationStep,
+    faces_table,
+    migrate,
+    migrate_additive,
+    subjects_table,
+)
 from service.storage.store import FaceStore
 
 _names = itertools.count()
@@ -193,6 +213,35 @@ def test_upgrade_refuses_what_it_cannot_add(tmp_path: Path) -> None:
     odd.create_all(engine)
     with pytest.raises(RuntimeError, match="migrate the database by hand"):
         migrate_additive(engine)
+    engine.dispose()
+
+
+def test_migrations_run_in_order_after_the_missing_tables_and_log_only_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/steps.db")
+    old_schema().create_all(engine)  # no threshold columns, no face_thumbnails / vector_writes tables
+    ran: list[tuple[str, bool]] = []
+
+    def quiet(e: Engine) -> str | None:
+        ran.append(("quiet", "vector_writes" in inspect(e).get_table_names()))
+        return None
+
+    def loud(e: Engine) -> str | None:
+        ran.append(
+            ("loud", "identify_threshold" in {c["name"] for c in inspect(e).get_columns("collections")})
+        )
+        return "did something"
+
+    steps = (*MIGRATIONS, MigrationStep("quiet", quiet), MigrationStep("loud", loud))
+    with caplog.at_level(logging.INFO, logger="service.storage.schema"):
+        changes = migrate(engine, steps)
+    added = ", ".join(f"collections.identify_threshold{end}" for end in ("", "_source", "_set_at"))
+    assert changes == [("additive-columns", f"added columns {added}"), ("loud", "did something")]
+    assert ran == [("quiet", True), ("loud", True)]  # in order, after the tables and the columns
+    assert "store schema upgraded (loud): did something" in caplog.text
+    assert "(quiet)" not in caplog.text
+    assert migrate(engine) == []  # every start-up runs them again: nothing left to change
     engine.dispose()
 
 
