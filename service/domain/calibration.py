@@ -25,9 +25,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.domain.fpir import threshold_at_fpir
+from service.domain.gallery import Gallery
 from service.domain.thresholds import ThresholdInForce, ThresholdPolicy
 from service.errors import CalibrationBusy, CalibrationNotPossible
-from service.storage.store import FaceStore
 
 logger = logging.getLogger(__name__)
 
@@ -206,11 +206,11 @@ class CollectionCalibration:
     applied: bool
 
 
-def load_embeddings(store: FaceStore, collection_pk: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+def load_embeddings(gallery: Gallery, collection_pk: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Every embedding of a collection with its owning subject, straight from the store."""
     subject_parts: list[NDArray[np.int64]] = []
     vector_parts: list[NDArray[np.float32]] = []
-    for subjects, vectors in store.faces.iter_subject_embeddings(collection_pk):
+    for subjects, vectors in gallery.iter_subject_embeddings(collection_pk):
         subject_parts.append(subjects)
         vector_parts.append(vectors)
     if not vector_parts:
@@ -219,7 +219,7 @@ def load_embeddings(store: FaceStore, collection_pk: int) -> tuple[NDArray[np.fl
 
 
 def calibrate_collection(
-    store: FaceStore,
+    gallery: Gallery,
     thresholds: ThresholdPolicy,
     slot: CalibrationSlot,
     collection: str,
@@ -229,11 +229,11 @@ def calibrate_collection(
 ) -> CollectionCalibration:
     """Calibrate ``collection`` from its own faces; with ``apply`` store the result as its threshold."""
     with slot.hold():
-        record = store.collections.get_collection(collection)
+        record = gallery.get_collection(collection)
         before = thresholds.identify_for(
             record.identify_threshold, record.identify_threshold_source, record.identify_threshold_set_at
         )
-        vectors, subjects = load_embeddings(store, record.pk)
+        vectors, subjects = load_embeddings(gallery, record.pk)
         result = calibrate(vectors, subjects, target_fpir=target_fpir, current_threshold=before.value)
         after = before
         if apply and result.impostor_probes * target_fpir < 1.0:
@@ -245,7 +245,7 @@ def calibrate_collection(
                 subjects=result.subjects,
             )
         if apply:
-            updated = store.collections.update_collection(
+            updated = gallery.update_collection(
                 collection,
                 {"identify_threshold": round(result.recommended.threshold, 6)},
                 threshold_source="calibration",

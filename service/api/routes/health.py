@@ -31,9 +31,9 @@ def _readiness(services: Services | None) -> tuple[bool, dict[str, object]]:
         return False, {"model": "loading"}
     checks: dict[str, object] = {"model": services.card.name, "execution_provider": services.provider}
     ready = True
-    checks["vector_engine"] = services.gallery.indexes.engine
+    checks["vector_engine"] = services.gallery.vector_engine
     try:
-        services.gallery.store.ping()
+        services.gallery.ping_store()
         checks["store"] = "ok"
         stale = services.gallery.index_out_of_sync()
         checks["index"] = "in_sync" if not stale else f"out_of_sync: {stale}"
