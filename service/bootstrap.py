@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 
-from service.api.deps import Services
 from service.domain.calibration import CalibrationSlot
 from service.domain.faces import FaceEngine
 from service.domain.gallery import Gallery
+from service.domain.services import Services
 from service.domain.thresholds import ThresholdPolicy
 from service.index.base import VectorIndex
 from service.index.faiss_index import IndexRegistry

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from service.api.deps import CallerDep, CollectionDep, Services, ServicesDep
+from service.api.deps import CallerDep, CollectionDep, ServicesDep
 from service.api.problems import problem_responses
 from service.api.schemas import (
     CalibrationOut,
@@ -21,6 +21,7 @@ from service.api.schemas import (
     VerifyThresholdOut,
 )
 from service.domain.calibration import OperatingPoint, calibrate_collection
+from service.domain.services import Services
 from service.domain.thresholds import ThresholdInForce
 from service.storage.records import CollectionRecord
 

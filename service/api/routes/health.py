@@ -10,9 +10,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.api.deps import Services, ServicesDep
+from service.api.deps import ServicesDep
 from service.api.problems import problem_responses
 from service.api.schemas import Health
+from service.domain.services import Services
 from service.errors import ServiceError
 
 logger = logging.getLogger(__name__)
