@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from service.domain.faces import squared_distance, squared_distances
 from service.domain.fpir import threshold_at_fpir
 from service.domain.gallery import Gallery
 from service.domain.thresholds import ThresholdInForce, ThresholdPolicy
@@ -92,10 +93,9 @@ def probe_distances(
             others_of_own = own[own != probe]
             if others_of_own.size:
                 best_own = float(sims[row, others_of_own].max())
-                genuine[start + row] = min(max(2.0 - 2.0 * best_own, 0.0), 4.0)
+                genuine[start + row] = squared_distance(best_own)
             sims[row, own] = -2.0  # the probe's own subject is not in the stranger's gallery
-        other = sims.max(axis=1).astype(np.float64)
-        impostor[start : start + chunk.size] = np.clip(2.0 - 2.0 * other, 0.0, 4.0)
+        impostor[start : start + chunk.size] = squared_distances(sims.max(axis=1))
     return ProbeDistances(impostor, genuine)
 
 
