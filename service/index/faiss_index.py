@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 from numpy.typing import NDArray
 
-from service.index.base import EmbeddingSource, ReconcileReport, SearchHits, no_hits
+from service.index.base import EmbeddingSource, ReconcileReport, SearchHits, as_unit_rows, no_hits
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class CollectionIndex:
     def add(self, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
         if len(ids) == 0:
             return
-        vectors = _as_unit_rows(vectors, self.dim)
+        vectors = as_unit_rows(vectors, self.dim)
         with self._lock.write():
             self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
             self._gpu_flat = None
@@ -71,7 +71,7 @@ class CollectionIndex:
 
     def search(self, queries: NDArray[np.float32], k: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
         """Top-k cosine similarities and face pks per query (pk −1 pads when fewer exist)."""
-        queries = _as_unit_rows(queries, self.dim)
+        queries = as_unit_rows(queries, self.dim)
         if self._use_gpu:
             with self._lock.write():  # the GPU mirror is (re)built lazily: exclusive
                 if self.ntotal == 0:
@@ -155,12 +155,6 @@ class ReadWriteLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
-
-
-def _as_unit_rows(vectors: NDArray[np.float32], dim: int) -> NDArray[np.float32]:
-    array = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim).copy()
-    faiss.normalize_L2(array)
-    return array
 
 
 @dataclass(frozen=True, slots=True)
