@@ -123,7 +123,6 @@ class MilvusIndex:
         self._dim = dim
         self._name = collection
         self._consistency = search_consistency
-        self._timeout = timeout_s
         self._uri = uri
         self._connect_args: dict[str, Any] = {
             "uri": uri,
