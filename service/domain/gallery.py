@@ -24,6 +24,18 @@ from service.index.base import ReconcileReport, VectorIndex
 from service.storage.records import CollectionLookup, CollectionRecord, FaceRecord, NewFace, SubjectRecord
 from service.storage.store import FaceStore
 
+# The records the gallery hands out are the domain's vocabulary too: the API names them from here,
+# never from the storage package.
+__all__ = [
+    "Candidate",
+    "CollectionLookup",
+    "CollectionRecord",
+    "FaceRecord",
+    "Gallery",
+    "NewFace",
+    "SubjectRecord",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:

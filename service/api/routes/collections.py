@@ -21,9 +21,9 @@ from service.api.schemas import (
     VerifyThresholdOut,
 )
 from service.domain.calibration import OperatingPoint, calibrate_collection
+from service.domain.gallery import CollectionRecord
 from service.domain.services import Services
 from service.domain.thresholds import ThresholdInForce
-from service.storage.records import CollectionRecord
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 _ONE = problem_responses(401, 403, 404, 422, 503)

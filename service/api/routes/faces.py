@@ -31,8 +31,8 @@ from service.domain.enroll import (
     enroll_images,
     quality_dict,
 )
+from service.domain.gallery import FaceRecord
 from service.errors import InvalidRequest, ThumbnailsDisabled
-from service.storage.records import FaceRecord
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
 _READ = problem_responses(401, 403, 404, 422, 503)

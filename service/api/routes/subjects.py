@@ -10,8 +10,8 @@ from service.api.deps import CollectionDep, ServicesDep
 from service.api.problems import problem_responses
 from service.api.schemas import SubjectCreate, SubjectId, SubjectOut, SubjectPage, SubjectPatch
 from service.api.validation import check_metadata
+from service.domain.gallery import SubjectRecord
 from service.settings import Settings
-from service.storage.records import SubjectRecord
 
 router = APIRouter(prefix="/v1/collections/{collection}/subjects", tags=["subjects"])
 
