@@ -12,6 +12,17 @@ from service.api.schemas import CollectionName
 from service.domain.services import Services
 from service.errors import NotReady, Unauthorized
 
+# ``Services`` is named here too: routes take it from their dependencies module.
+__all__ = [
+    "CallerDep",
+    "CollectionDep",
+    "Services",
+    "ServicesDep",
+    "collection_access",
+    "get_caller",
+    "get_services",
+]
+
 
 def get_services(request: Request) -> Services:
     services: Services | None = getattr(request.app.state, "services", None)
