@@ -1,5 +1,7 @@
 """A Milvus 2.3.5 standalone server from the PyPI wheel ``milvus`` (``milvus-server``): tests, benchmarks.
 
+Standard library only (pymilvus for readiness): the smoke test's Milvus image runs it alone.
+
 The wheel unpacks the server binaries into the data dir (~300 MB) and starts ``milvus run standalone``
 with embedded etcd and rocksmq. Its launcher picks free ports from the defaults on; etcd binds
 127.0.0.1, every component advertises 127.0.0.1 (``*.ip`` below), but Milvus 2.3.5's gRPC and

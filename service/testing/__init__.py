@@ -1,0 +1,1 @@
+"""Test and benchmark support, never used by the running service."""
