@@ -1,1 +1,1 @@
-"""Test and benchmark support, never used by the running service."""
+"""Test and benchmark support: shared by tests/ and bench/, never used by the running service."""
