@@ -24,16 +24,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from faces_client.client import backoff_delay
-from faces_client.enroll import (
-    BarProgress,
-    EnrollOptions,
-    LineProgress,
-    NoProgress,
-    build_parser,
-    enroll,
-    main,
-    make_progress,
-)
+from faces_client.enroll import EnrollOptions, build_parser, enroll, main
+from faces_client.progress import BarProgress, LineProgress, NoProgress, make_progress
 from service.testing.server import REPO_ROOT, free_port, running_server
 
 LfwImage = Callable[[str, int], Path]

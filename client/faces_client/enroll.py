@@ -5,42 +5,38 @@ Uploads go one image per request so every file gets its own exact outcome, a bou
 time, through ``FacesClient`` (which retries what is safe to repeat). Runs are resumable: each file
 is keyed by its sha256, sent as ``source_hash`` and stored by the server, so a re-run skips files
 the subject already has; each upload also carries an ``Idempotency-Key`` derived from that hash and
-its target, the same on every retry and re-run. This module is the command: folder scan, report,
-progress; the HTTP lives in the client.
+its target, the same on every retry and re-run. This module is the command (folder scan, the run,
+its arguments); the report is enroll_report.py, the progress output progress.py, the HTTP client.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol, TextIO
+from typing import TextIO
 
 import httpx
-from tqdm import tqdm
 
 from faces_client.client import FacesClient, FaceSelection, RetryPolicy
+from faces_client.enroll_report import EnrollmentReport, FileOutcome
 from faces_client.errors import ApiError, ConflictError, FacesError, NotFoundError
 from faces_client.models import EnrollResult
+from faces_client.progress import Progress, ProgressMode, make_progress
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 # Client errors that are the file's fault (bad or unusable image), not the run's.
 FILE_REJECTION_STATUSES = frozenset({413, 415, 422})
 EXIT_OK = 0
 EXIT_FAILED = 1
-
-ProgressMode = Literal["auto", "bar", "lines", "none"]
 
 
 @dataclass(frozen=True)
@@ -59,110 +55,6 @@ class EnrollOptions:
     # auto: a bar on a terminal, a line every progress_interval_s otherwise (a redirected stderr).
     progress: ProgressMode = "auto"
     progress_interval_s: float = 10.0
-
-
-@dataclass(frozen=True)
-class FileOutcome:
-    """What happened to one file; ``code``/``detail`` explain rejections, failures and skips."""
-
-    path: str
-    subject_id: str | None
-    sha256: str | None
-    face_id: str | None = None
-    code: str | None = None
-    detail: str | None = None
-    attempts: int = 0
-
-
-@dataclass
-class EnrollmentReport:
-    """Per-file outcomes grouped the way an operator reads them; serialised as the JSON report."""
-
-    collection: str
-    base_url: str
-    root: str
-    started_at: str = ""
-    finished_at: str = ""
-    duration_s: float = 0.0
-    enrolled: list[FileOutcome] = field(default_factory=list)
-    skipped: list[FileOutcome] = field(default_factory=list)
-    rejected: list[FileOutcome] = field(default_factory=list)
-    failed: list[FileOutcome] = field(default_factory=list)
-    ignored: list[FileOutcome] = field(default_factory=list)
-    # Subjects this run created and removed again because none of their files could be enrolled.
-    removed_subjects: list[str] = field(default_factory=list)
-    # The collection, when this run created it and removed it again for the same reason.
-    removed_collection: str | None = None
-    # Set when the run could not start (server down, bad key...): nothing was attempted.
-    fatal_error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Rejections are the data's verdict, not a failure of the run."""
-        return self.fatal_error is None and not self.failed
-
-    def counts(self) -> dict[str, int]:
-        return {
-            "enrolled": len(self.enrolled),
-            "skipped": len(self.skipped),
-            "rejected": len(self.rejected),
-            "failed": len(self.failed),
-            "ignored": len(self.ignored),
-        }
-
-    def to_json(self) -> dict[str, Any]:
-        def outcomes(items: list[FileOutcome]) -> list[dict[str, Any]]:
-            return [
-                {k: v for k, v in dataclasses.asdict(item).items() if v is not None}
-                for item in sorted(items, key=lambda o: o.path)
-            ]
-
-        return {
-            "collection": self.collection,
-            "base_url": self.base_url,
-            "root": self.root,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration_s": round(self.duration_s, 3),
-            "ok": self.ok,
-            "fatal_error": self.fatal_error,
-            "counts": self.counts(),
-            "rejection_reasons": dict(Counter(o.code or "unknown" for o in self.rejected)),
-            "enrolled": outcomes(self.enrolled),
-            "skipped": outcomes(self.skipped),
-            "rejected": outcomes(self.rejected),
-            "failed": outcomes(self.failed),
-            "ignored": outcomes(self.ignored),
-            "removed_empty_subjects": sorted(self.removed_subjects),
-            "removed_empty_collection": self.removed_collection,
-        }
-
-    def summary(self, *, max_listed: int = 20) -> str:
-        counts = self.counts()
-        lines = [
-            f"Enrollment into collection {self.collection!r} at {self.base_url} ({self.duration_s:.1f} s):",
-            "  " + ", ".join(f"{name} {n}" for name, n in counts.items()),
-        ]
-        if self.fatal_error:
-            lines.append(f"  run aborted: {self.fatal_error}")
-        if self.removed_subjects:
-            lines.append(
-                f"  {len(self.removed_subjects)} subject(s) not kept, no file of theirs could be enrolled: "
-                + ", ".join(sorted(self.removed_subjects)[:max_listed])
-            )
-        if self.removed_collection:
-            lines.append(
-                f"  collection {self.removed_collection!r} not kept: this run created it and enrolled nothing"
-            )
-        reasons = Counter(o.code or "unknown" for o in self.rejected)
-        if reasons:
-            lines.append("  rejected by reason: " + ", ".join(f"{c} {n}" for c, n in reasons.most_common()))
-        for title, items in (("rejected", self.rejected), ("failed", self.failed)):
-            for item in sorted(items, key=lambda o: o.path)[:max_listed]:
-                lines.append(f"  {title}: {item.path}: {item.code}: {item.detail}")
-            if len(items) > max_listed:
-                lines.append(f"  ... {len(items) - max_listed} more {title}, see the JSON report")
-        return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -214,92 +106,6 @@ def idempotency_key(collection: str, subject_id: str, sha256: str, face_selectio
     """The same for one file's upload to one target on every retry and every re-run."""
     target = json.dumps([collection, subject_id, sha256, face_selection])
     return "faces-enroll-" + hashlib.sha256(target.encode()).hexdigest()[:40]
-
-
-# ---------------------------------------------------------------------------------------- progress
-
-
-class Progress(Protocol):
-    def update(self, counts: dict[str, int]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class NoProgress:
-    def update(self, counts: dict[str, int]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class BarProgress:
-    """A tqdm bar: for a terminal only (it redraws in place with carriage returns)."""
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self._bar = tqdm(total=total, unit="img", desc="enroll", file=stream)
-
-    def update(self, counts: dict[str, int]) -> None:
-        self._bar.update(1)
-        self._bar.set_postfix(counts, refresh=False)
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-class LineProgress:
-    """One plain line every ``interval_s`` and one at the end: for logs and redirected output."""
-
-    def __init__(
-        self,
-        total: int,
-        stream: TextIO,
-        interval_s: float,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._total = total
-        self._stream = stream
-        self._interval_s = interval_s
-        self._clock = clock
-        self._started = clock()
-        self._last_line = self._started
-        self._done = 0
-        self._counts: dict[str, int] = {}
-
-    def update(self, counts: dict[str, int]) -> None:
-        self._done += 1
-        self._counts = counts
-        now = self._clock()
-        if now - self._last_line >= self._interval_s:
-            self._last_line = now
-            self._write(now)
-
-    def close(self) -> None:
-        self._write(self._clock())
-
-    def _write(self, now: float) -> None:
-        elapsed = max(now - self._started, 1e-9)
-        rate = self._done / elapsed
-        left = (
-            f", ~{(self._total - self._done) / rate:.0f} s left"
-            if rate > 0 and self._done < self._total
-            else ""
-        )
-        counts = ", ".join(f"{k} {v}" for k, v in self._counts.items())
-        done = f"{self._done}/{self._total} files ({counts})"
-        self._stream.write(f"enroll: {done} in {elapsed:.0f} s, {rate:.1f} files/s{left}\n")
-        self._stream.flush()
-
-
-def make_progress(mode: ProgressMode, total: int, stream: TextIO, interval_s: float) -> Progress:
-    """``auto``: a bar when ``stream`` is a terminal, periodic lines when it is a file or a pipe."""
-    if mode == "auto":
-        mode = "bar" if stream.isatty() else "lines"
-    if mode == "bar":
-        return BarProgress(total, stream)
-    if mode == "lines":
-        return LineProgress(total, stream, interval_s)
-    return NoProgress()
 
 
 # ---------------------------------------------------------------------------------------------- run
