@@ -354,3 +354,28 @@ def test_the_readme_client_example_runs_as_written(server_url: str, lfw_root: Pa
     assert 0.0 <= float(printed[1]) < 1.0
     with FacesClient(server_url) as faces:
         assert json.dumps(sorted(s.subject_id for s in faces.iter_subjects("demo"))) == '["Colin_Powell"]'
+
+
+# ---------------------------------------------------------------- installable alone
+
+
+def test_the_client_package_imports_nothing_beyond_httpx_and_tqdm() -> None:
+    """`pip install ./client` brings httpx and tqdm only: no module of it may need more."""
+    import ast
+    import sys
+    import tomllib
+
+    package = REPO_ROOT / "client" / "faces_client"
+    imported: set[str] = set()
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__", "faces_client"}
+    declared = tomllib.loads((REPO_ROOT / "client" / "pyproject.toml").read_text(encoding="utf-8"))
+    requirements = {re.split(r"[<>=\[ ]", r)[0] for r in declared["project"]["dependencies"]}
+
+    assert third_party == {"httpx", "tqdm"}
+    assert requirements == {"httpx", "tqdm"}
