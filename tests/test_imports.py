@@ -20,7 +20,7 @@ ALLOWED = {
     "index": set(),
     "storage": set(),
 }
-SHARED = {"errors", "settings", "observability"}
+SHARED = {"errors", "settings", "observability", "vectors"}
 
 
 def _module_name(path: Path) -> str:

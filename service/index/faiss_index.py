@@ -22,7 +22,8 @@ import faiss
 import numpy as np
 from numpy.typing import NDArray
 
-from service.index.base import EmbeddingSource, ReconcileReport, SearchHits, as_unit_rows, no_hits
+from service.index.base import EmbeddingSource, ReconcileReport, SearchHits, no_hits
+from service.vectors import as_unit_rows
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from numpy.typing import NDArray
 from pymilvus import MilvusClient, MilvusException
 
 from service.errors import VectorEngineUnavailable
-from service.index.base import EmbeddingSource, ReconcileReport, SearchHits, as_unit_rows, no_hits
+from service.index.base import EmbeddingSource, ReconcileReport, SearchHits, no_hits
 from service.index.milvus_connection import MilvusConnection
 from service.index.milvus_reconcile import MAX_WINDOW, reconcile
 from service.index.milvus_schema import (
@@ -54,6 +54,7 @@ from service.index.milvus_schema import (
     index_state,
 )
 from service.settings import MILVUS_DEFAULTS, MilvusConsistency, MilvusSettings
+from service.vectors import as_unit_rows
 
 __all__ = ["AnnIndex", "Consistency", "MilvusIndex"]
 
