@@ -8,6 +8,7 @@ from service.api.deps import Services
 from service.domain.calibration import CalibrationSlot
 from service.domain.faces import FaceEngine
 from service.domain.gallery import Gallery
+from service.domain.idempotency import IdempotencyKeys
 from service.domain.thresholds import ThresholdPolicy
 from service.index.base import VectorIndex
 from service.index.faiss_index import IndexRegistry
@@ -21,6 +22,7 @@ from service.runtime.model_card import ModelCard
 from service.runtime.onnx_session import active_provider
 from service.runtime.quality import QualityConfig
 from service.settings import Settings
+from service.storage.idempotency import IdempotencyRepository
 from service.storage.store import FaceStore
 
 logger = logging.getLogger(__name__)
@@ -150,4 +152,9 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         provider=provider,
         thresholds=thresholds,
         calibration=CalibrationSlot(),
+        idempotency=IdempotencyKeys(
+            IdempotencyRepository(store.engine),
+            ttl_s=settings.idempotency_key_ttl_s,
+            in_flight_timeout_s=settings.idempotency_in_flight_timeout_s,
+        ),
     )

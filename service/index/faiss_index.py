@@ -231,10 +231,13 @@ class IndexRegistry:
             return no_hits(len(np.atleast_2d(queries)))
         return index.search(queries, k)
 
-    def reconcile(self, collection_pks: Sequence[int], *, full: bool = False) -> ReconcileReport:
-        """Rebuild any collection whose index differs from the store (never expected in-process)."""
+    def reconcile(
+        self, collection_pks: Sequence[int], *, full: bool = False, suspects: Sequence[int] = ()
+    ) -> ReconcileReport:
+        """Rebuild any collection whose index differs from the store, or is suspected to."""
         inserted = deleted = 0
-        for pk in self.out_of_sync(collection_pks):
+        redo = set(self.out_of_sync(collection_pks)) | (set(suspects) & set(collection_pks))
+        for pk in sorted(redo):
             before = self.sizes([pk])[pk]
             after = self.rebuild(pk).ntotal
             inserted, deleted = inserted + max(0, after - before), deleted + max(0, before - after)

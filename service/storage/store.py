@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,10 @@ from service.storage.records import CollectionLookup, CollectionRecord, FaceReco
 logger = logging.getLogger(__name__)
 
 metadata_obj = MetaData()
+
+# Run inside a write's own transaction with what it wrote (an Idempotency-Key completion): it
+# commits or rolls back with the write.
+InTransaction = Callable[[Connection, Any], None]
 
 # SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
 _Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -134,6 +138,27 @@ vector_writes_table = Table(
     metadata_obj,
     Column("collection_pk", _Id, ForeignKey("collections.pk", ondelete="CASCADE"), primary_key=True),
     Column("engine_ts", BigInteger, nullable=False),
+)
+
+
+# Idempotency-Key records (service/domain/idempotency.py): one row per (caller, key) until it expires.
+# The row of a completed request is written in the transaction of the write it answers for, so a
+# crash never leaves a stored face without its key record, nor a key record without its face.
+# Times are epoch milliseconds: compared in SQL the same way on every dialect.
+idempotency_keys_table = Table(
+    "idempotency_keys",
+    metadata_obj,
+    Column("caller", String(64), primary_key=True),
+    Column("idem_key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("token", String(32), nullable=False),  # which attempt holds the key
+    Column("state", String(16), nullable=False),  # "in_flight" | "done"
+    Column("status", Integer, nullable=True),
+    Column("body", JSON, nullable=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("lease_until_ms", BigInteger, nullable=False),  # an in-flight attempt presumed dead after
+    Column("expires_ms", BigInteger, nullable=False),
+    Index("ix_idempotency_keys_expires", "expires_ms"),
 )
 
 
@@ -219,6 +244,11 @@ class FaceStore:
         return store
 
     @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine, shared with the repositories of the same database."""
+        return self._engine
+
+    @property
     def dialect(self) -> str:
         return self._engine.dialect.name
 
@@ -238,8 +268,14 @@ class FaceStore:
     # -- collections -------------------------------------------------------------------------
 
     def create_collection(
-        self, name: str, description: str = "", identify_threshold: float | None = None
+        self,
+        name: str,
+        description: str = "",
+        identify_threshold: float | None = None,
+        *,
+        within: InTransaction | None = None,
     ) -> CollectionRecord:
+        """``within`` runs in the same transaction with the new ``CollectionRecord``."""
         now = _now()
         own = (
             {
@@ -257,9 +293,12 @@ class FaceStore:
                         name=name, description=description, revision=0, created_at=now, **own
                     )
                 )
+                record = self._collection_with_counts(conn, self._collection_row(conn, name))
+                if within is not None:
+                    within(conn, record)
         except IntegrityError as exc:
             raise CollectionExists(f"Collection '{name}' already exists.", collection=name) from exc
-        return self.get_collection(name)
+        return record
 
     def list_collections(self) -> list[CollectionRecord]:
         with self._engine.connect() as conn:
@@ -372,17 +411,29 @@ class FaceStore:
     # -- subjects ----------------------------------------------------------------------------
 
     def create_subject(
-        self, collection: str, subject_id: str, name: str | None, meta: dict[str, Any]
+        self,
+        collection: str,
+        subject_id: str,
+        name: str | None,
+        meta: dict[str, Any],
+        *,
+        within: InTransaction | None = None,
     ) -> SubjectRecord:
+        """``within`` runs in the same transaction with the new ``SubjectRecord``."""
         try:
             with self._engine.begin() as conn:
                 coll = self._collection_row(conn, collection)
-                self._insert_subject(conn, int(coll.pk), subject_id, name, meta)
+                pk = self._insert_subject(conn, int(coll.pk), subject_id, name, meta)
+                record = self._subject_record(
+                    conn.execute(self._subjects_query().where(subjects_table.c.pk == pk)).one()
+                )
+                if within is not None:
+                    within(conn, record)
         except IntegrityError as exc:
             raise SubjectExists(
                 f"Subject '{subject_id}' already exists in '{collection}'.", subject_id=subject_id
             ) from exc
-        return self.get_subject(collection, subject_id)
+        return record
 
     def list_subjects(
         self, collection: str, offset: int, limit: int, id_prefix: str | None = None
@@ -455,8 +506,11 @@ class FaceStore:
         faces: Sequence[NewFace],
         *,
         create_subject: bool,
+        within: InTransaction | None = None,
     ) -> list[FaceRecord]:
-        """Persist faces (and the subject when asked) in one transaction."""
+        """Persist faces (and the subject when asked) in one transaction.
+
+        ``within`` runs in the same transaction with the new ``FaceRecord`` list."""
         now = _now()
         with self._engine.begin() as conn:
             coll = self._collection_row(conn, collection)
@@ -515,6 +569,8 @@ class FaceStore:
                 )
             if records:
                 self._bump_revision(conn, coll_pk)
+            if within is not None:
+                within(conn, records)
             return records
 
     def list_faces(self, collection: str, subject_id: str) -> list[FaceRecord]:
