@@ -82,7 +82,8 @@ def test_blind_retries_return_the_first_answer_and_store_once(
         assert first.status_code == 201, first.text
         assert first.json()["searchable"] is True
         ids = [r["face_id"] for r in first.json()["results"]]
-        assert len(ids) == 1 and ids[0]
+        assert len(ids) == 1
+        assert ids[0]
         for _ in range(3):  # a fresh multipart boundary each time: the parts are what count
             retry = enroll(client, "Colin_Powell", photo, "enroll-0001")
             assert retry.status_code == 201, retry.text
@@ -252,7 +253,8 @@ def test_the_key_record_and_the_faces_commit_together(tmp_path: Path) -> None:
     assert not isinstance(claim, Answer)
     now[0] += 10  # past the in-flight timeout: another attempt takes it over
     other = keys.begin("", "k", "fp")
-    assert not isinstance(other, Answer) and other.token != claim.token
+    assert not isinstance(other, Answer)
+    assert other.token != claim.token
     with pytest.raises(IdempotencyKeyInFlight):
         store.add_faces(
             "c",

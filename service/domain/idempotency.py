@@ -22,7 +22,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy.engine import Connection
 
@@ -32,7 +32,6 @@ from service.storage.store import InTransaction
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 MAX_KEY_LENGTH = 255
 
 
@@ -187,7 +186,7 @@ class IdempotencyKeys:
             "Requests with this Idempotency-Key are racing; retry in a moment.", retry_after=1
         )
 
-    def in_transaction(self, claim: Claim, render: Callable[[T], Answer]) -> InTransaction:
+    def in_transaction(self, claim: Claim, render: Callable[[Any], Answer]) -> InTransaction:
         """A hook for a store write: records ``render(what was written)`` in the write's transaction.
 
         When the key was taken over meanwhile, the write is rolled back and 409 answered."""
