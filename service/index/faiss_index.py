@@ -242,6 +242,11 @@ class IndexRegistry:
             after = self.rebuild(pk).ntotal
             inserted, deleted = inserted + max(0, after - before), deleted + max(0, before - after)
             logger.warning("collection %d: index differed from the store; rebuilt", pk)
+        with self._lock:
+            orphans = [pk for pk in self._indexes if pk not in set(collection_pks)]
+        for pk in orphans:  # collections the store no longer has (a drop that failed)
+            deleted += self.sizes([pk])[pk]
+            self.drop(pk)
         return ReconcileReport(inserted, deleted, len(collection_pks))
 
     def close(self) -> None:
