@@ -309,6 +309,6 @@ def test_an_outage_never_duplicates_and_heals_at_once(
         gone = identify(replica.url, lfw_image(PEOPLE[0], 2).read_bytes())
         assert gone is None or gone["subject_id"] != PEOPLE[0]
         assert httpx.get(url).json()["face_count"] == 4
-        print(f"outage: the face was found {healed_s:.2f}s after Milvus served the collection")  # noqa: T201
+        print(f"outage: the face was found {healed_s:.2f}s after Milvus served the collection")
     finally:
         replica.stop()
