@@ -22,7 +22,6 @@ from service.runtime.model_card import ModelCard
 from service.runtime.onnx_session import active_provider
 from service.runtime.quality import QualityConfig
 from service.settings import Settings
-from service.storage.idempotency import IdempotencyRepository
 from service.storage.store import FaceStore
 
 logger = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ def build_vector_index(settings: Settings, store: FaceStore, dim: int) -> Vector
         from service.index.milvus_index import AnnIndex, MilvusIndex
 
         return MilvusIndex(
-            store,
+            store.faces,
             dim,
             uri=settings.milvus_uri,
             collection=settings.milvus_collection,
@@ -95,7 +94,11 @@ def build_vector_index(settings: Settings, store: FaceStore, dim: int) -> Vector
             timeout_s=settings.milvus_timeout_s,
         )
     return IndexRegistry(
-        store, dim, settings.index_dir, use_gpu=settings.use_gpu_index, search_threads=settings.search_threads
+        store.faces,
+        dim,
+        settings.index_dir,
+        use_gpu=settings.use_gpu_index,
+        search_threads=settings.search_threads,
     )
 
 
@@ -132,7 +135,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     )
     store = FaceStore.from_url(settings.database_url)
     indexes = build_vector_index(settings, store, card.embedding_dim)
-    indexes.load_all([c.pk for c in store.list_collections()])
+    indexes.load_all([c.pk for c in store.collections.list_collections()])
     gallery = Gallery(store, indexes)
     metrics.watch_index(gallery.index_sizes_by_name)
     logger.info(
@@ -153,7 +156,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         thresholds=thresholds,
         calibration=CalibrationSlot(),
         idempotency=IdempotencyKeys(
-            IdempotencyRepository(store.engine),
+            store.idempotency,
             ttl_s=settings.idempotency_key_ttl_s,
             in_flight_timeout_s=settings.idempotency_in_flight_timeout_s,
         ),

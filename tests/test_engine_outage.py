@@ -175,7 +175,7 @@ def test_writes_during_an_outage_are_stored_and_pushed_when_the_engine_is_back(
     gone = identify(client, lfw_image("Tony_Blair", 2).read_bytes()).json()["faces"][0]["match"]
     assert gone is None or gone["subject_id"] != "Tony_Blair"
     services: Services = client.app.state.services  # type: ignore[attr-defined]
-    pk = services.gallery.store.collection_pk("office")
+    pk = services.gallery.store.collections.collection_pk("office")
     assert engine.inner.sizes([pk]) == {pk: 2}  # Colin Powell and Serena Williams: once each
 
 

@@ -23,7 +23,6 @@ from service.domain.idempotency import (
 from service.errors import IdempotencyKeyInFlight, IdempotencyKeyInvalid
 from service.main import create_app
 from service.settings import Settings
-from service.storage.idempotency import IdempotencyRepository
 from service.storage.records import NewFace
 from service.storage.store import FaceStore
 from tests.helpers import no_face_photo
@@ -218,7 +217,7 @@ def test_in_flight_expiry_and_purge(tmp_path: Path, lfw_image: LfwImage) -> None
         # The dead attempt's late completion cannot record over the new one: 409, its write undone.
         store = services.gallery.store
         with pytest.raises(IdempotencyKeyInFlight):
-            store.create_subject(
+            store.subjects.create_subject(
                 "office",
                 "late",
                 None,
@@ -243,10 +242,8 @@ def test_the_key_record_and_the_faces_commit_together(tmp_path: Path) -> None:
     (no such subject) leaves the key unclaimed."""
     store = FaceStore.from_url(f"sqlite:///{tmp_path}/faces.db")
     now = [1000.0]
-    keys = IdempotencyKeys(
-        IdempotencyRepository(store.engine), ttl_s=60, in_flight_timeout_s=5, clock=lambda: now[0]
-    )
-    store.create_collection("c")
+    keys = IdempotencyKeys(store.idempotency, ttl_s=60, in_flight_timeout_s=5, clock=lambda: now[0])
+    store.collections.create_collection("c")
     face = NewFace(np.ones(128, dtype=np.float32) / np.sqrt(128), (0, 0, 1, 1), {})
 
     claim = keys.begin("", "k", "fp")
@@ -256,17 +253,17 @@ def test_the_key_record_and_the_faces_commit_together(tmp_path: Path) -> None:
     assert not isinstance(other, Answer)
     assert other.token != claim.token
     with pytest.raises(IdempotencyKeyInFlight):
-        store.add_faces(
+        store.faces.add_faces(
             "c",
             "s",
             [face],
             create_subject=True,
             within=keys.in_transaction(claim, lambda _r: Answer(201, {})),
         )
-    assert store.get_collection("c").face_count == 0
-    assert store.get_collection("c").subject_count == 0
+    assert store.collections.get_collection("c").face_count == 0
+    assert store.collections.get_collection("c").subject_count == 0
 
-    records = store.add_faces(
+    records = store.faces.add_faces(
         "c",
         "s",
         [face],
@@ -274,7 +271,7 @@ def test_the_key_record_and_the_faces_commit_together(tmp_path: Path) -> None:
         within=keys.in_transaction(other, lambda r: Answer(201, [x.face_id for x in r])),
     )
     assert keys.begin("", "k", "fp") == Answer(201, [records[0].face_id])
-    assert store.get_collection("c").face_count == 1
+    assert store.collections.get_collection("c").face_count == 1
     now[0] += 61
     assert keys.purge_expired() == 1
 

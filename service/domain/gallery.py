@@ -25,8 +25,9 @@ from numpy.typing import NDArray
 from service.domain.faces import squared_distance
 from service.errors import VectorEngineUnavailable
 from service.index.base import ReconcileReport, VectorIndex
+from service.storage.engine import InTransaction
 from service.storage.records import CollectionRecord, FaceRecord, NewFace, SubjectRecord
-from service.storage.store import FaceStore, InTransaction
+from service.storage.store import FaceStore
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class Gallery:
         pushed = self._pending.snapshot()
         if not pushed:
             return None
-        pks = [c.pk for c in self.store.list_collections()]
+        pks = [c.pk for c in self.store.collections.list_collections()]
         live = set(pks)
         report = self.indexes.reconcile(pks, suspects=[pk for pk in pushed if pk in live])
         self._pending.settle(pushed)
@@ -137,28 +138,30 @@ class Gallery:
         within: InTransaction | None = None,
     ) -> CollectionRecord:
         with self._write_lock:
-            record = self.store.create_collection(name, description, identify_threshold, within=within)
+            record = self.store.collections.create_collection(
+                name, description, identify_threshold, within=within
+            )
             self.indexes.create(record.pk)
             return record
 
     def delete_collection(self, name: str) -> bool:
         """True when the engine dropped it too; False: deleted, the engine catches up later."""
         with self._write_lock:
-            pk = self.store.delete_collection(name)
+            pk = self.store.collections.delete_collection(name)
             return self._to_engine(pk, 1, "collection delete", lambda: self.indexes.drop(pk))
 
     def index_sizes_by_name(self) -> dict[str, int]:
-        collections = self.store.list_collections()
+        collections = self.store.collections.list_collections()
         sizes = self.indexes.sizes([c.pk for c in collections])
         return {c.name: sizes.get(c.pk, 0) for c in collections}
 
     def index_out_of_sync(self) -> list[int]:
         """Collections whose index does not hold exactly the store's faces (for /readyz)."""
-        return self.indexes.out_of_sync([c.pk for c in self.store.list_collections()])
+        return self.indexes.out_of_sync([c.pk for c in self.store.collections.list_collections()])
 
     def reconcile_index(self, *, full: bool = False) -> ReconcileReport:
         """Repair the index from the store: writes that reached the store but not the engine."""
-        return self.indexes.reconcile([c.pk for c in self.store.list_collections()], full=full)
+        return self.indexes.reconcile([c.pk for c in self.store.collections.list_collections()], full=full)
 
     # -- subjects --------------------------------------------------------------------------
 
@@ -171,13 +174,13 @@ class Gallery:
         *,
         within: InTransaction | None = None,
     ) -> SubjectRecord:
-        return self.store.create_subject(collection, subject_id, name, meta, within=within)
+        return self.store.subjects.create_subject(collection, subject_id, name, meta, within=within)
 
     def delete_subject(self, collection: str, subject_id: str) -> bool:
         """True when the engine dropped its faces too; False: deleted, the engine catches up later
         (a deleted face is never answered meanwhile: hits are resolved through the store)."""
         with self._write_lock:
-            coll_pk, face_pks = self.store.delete_subject(collection, subject_id)
+            coll_pk, face_pks = self.store.subjects.delete_subject(collection, subject_id)
             ids = np.asarray(face_pks, dtype=np.int64)
             return self._to_engine(
                 coll_pk, len(ids), "subject delete", lambda: self.indexes.remove(coll_pk, ids)
@@ -203,7 +206,7 @@ class Gallery:
 
         An engine that does not take them leaves them stored and pending (``searchable`` False)."""
         with self._write_lock:
-            records = self.store.add_faces(
+            records = self.store.faces.add_faces(
                 collection, subject_id, faces, create_subject=create_subject, within=within
             )
             if not records:
@@ -220,13 +223,13 @@ class Gallery:
             )
             if indexed and written[0] and self.indexes.tracks_writes:
                 # Before the ack: other replicas' searches wait for it.
-                self.store.record_vector_write(coll_pk, written[0])
+                self.store.vector_writes.record_vector_write(coll_pk, written[0])
             return StoredFaces(records, indexed)
 
     def delete_face(self, collection: str, face_id: str) -> bool:
         """True when the engine dropped it too; False: deleted, the engine catches up later."""
         with self._write_lock:
-            record = self.store.delete_face(collection, face_id)
+            record = self.store.faces.delete_face(collection, face_id)
             ids = np.asarray([record.pk], dtype=np.int64)
             return self._to_engine(
                 record.collection_pk, 1, "face delete", lambda: self.indexes.remove(record.collection_pk, ids)
@@ -237,7 +240,7 @@ class Gallery:
     def search(self, collection_pk: int, queries: NDArray[np.float32], top_k: int) -> list[list[Candidate]]:
         """Per query, the ``top_k`` best subjects, each represented by its closest face.
 
-        Takes the key the caller already resolved (``store.collection_pk``) so that a request looks
+        Takes the key the caller already resolved (``collections.collection_pk``) so that a request looks
         its collection up once; a collection deleted in between searches as empty.
         """
         rows = np.atleast_2d(queries)
@@ -246,7 +249,7 @@ class Gallery:
         max_k = self.indexes.max_k
         k = min(max_k, max(top_k * 8, 32))
         # Read-your-writes across replicas: as of the last insert any replica acknowledged.
-        after = self.store.vector_write_ts(collection_pk) if self.indexes.tracks_writes else 0
+        after = self.store.vector_writes.vector_write_ts(collection_pk) if self.indexes.tracks_writes else 0
         sims, pks = self.indexes.search(collection_pk, rows, k, visible_after=after)
         return [
             self._rank_subjects(collection_pk, row, top_k, k, sims[i], pks[i], after)
@@ -266,7 +269,7 @@ class Gallery:
         """Best face per subject; asks the index for more faces while subjects are missing."""
         while True:
             hits = [(int(pk), float(sim)) for pk, sim in zip(pks, sims, strict=True) if pk >= 0]
-            owners = self.store.faces_by_pk([pk for pk, _ in hits])
+            owners = self.store.faces.faces_by_pk([pk for pk, _ in hits])
             best: dict[str, Candidate] = {}
             for pk, sim in hits:  # the index returns hits best first
                 owner = owners.get(pk)

@@ -27,8 +27,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from service.errors import IdempotencyKeyInFlight, IdempotencyKeyInvalid, IdempotencyKeyReused
+from service.storage.engine import InTransaction
 from service.storage.idempotency import DONE, ClaimLost, IdempotencyRepository
-from service.storage.store import InTransaction
 
 logger = logging.getLogger(__name__)
 

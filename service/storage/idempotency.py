@@ -15,7 +15,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from service.storage.store import idempotency_keys_table as keys
+from service.storage.schema import idempotency_keys_table as keys
 
 IN_FLIGHT, DONE = "in_flight", "done"
 
