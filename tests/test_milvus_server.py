@@ -17,10 +17,11 @@ import pytest
 from service.domain.gallery import Gallery
 from service.index.faiss_index import IndexRegistry
 from service.storage.store import FaceStore
+from service.testing.server import ServerProcess
 from service.testing.synthetic import bulk_insert_synthetic
 from tests.embeddings import embed_lfw_people, enroll_into, unit_vectors
 from tests.milvus_server import MilvusServer, free_port, require_pymilvus
-from tests.test_crash import Server, milvus_env
+from tests.test_crash import milvus_env
 
 require_pymilvus()
 
@@ -44,7 +45,7 @@ def test_read_your_writes_across_replicas_and_a_milvus_restart(
     milvus_server: MilvusServer, tmp_path: Path, lfw_image: LfwImage
 ) -> None:
     env = milvus_env(milvus_server, f"ryw_{free_port()}")
-    replica_a, replica_b = Server(tmp_path, free_port(), env), Server(tmp_path, free_port(), env)
+    replica_a, replica_b = ServerProcess(tmp_path, env=env), ServerProcess(tmp_path, env=env)
     try:
         replica_a.start()
         replica_b.start()
@@ -235,7 +236,7 @@ def test_an_outage_never_duplicates_and_heals_at_once(
         "FACES_INDEX_RETRY_INTERVAL_S": "0.5",
         "FACES_INDEX_RECONCILE_INTERVAL_S": "600",
     }
-    replica = Server(tmp_path, free_port(), env)
+    replica = ServerProcess(tmp_path, env=env)
     url = f"{replica.url}/v1/collections/office"
 
     def enroll(person: str, n: int, key: str | None) -> httpx.Response:
