@@ -74,10 +74,11 @@ def _result(outcome: ImageOutcome) -> EnrollResult:
     status_code=status.HTTP_201_CREATED,
     response_model=EnrollResponse,
     responses={
-        **problem_responses(400, 401, 403, 404, 413, 415, 503),
+        **problem_responses(400, 401, 403, 404, 409, 413, 415, 503),
         422: {
             "model": Problem,
-            "description": "Invalid parameters, or no image could be enrolled (per-image results inside)",
+            "description": "Invalid parameters, no image could be enrolled (per-image results inside), or "
+            "an Idempotency-Key used before for another request",
         },
     },
 )
