@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     # same key within this time gets the first answer; older records are purged.
     idempotency_key_ttl_s: float = Field(default=24 * 3600.0, ge=1.0)
     # An attempt that died holding its key (process killed mid-request) blocks retries this long.
-    idempotency_in_flight_timeout_s: float = Field(default=600.0, ge=1.0)
+    idempotency_in_flight_timeout_s: float = Field(default=120.0, ge=1.0)
 
     # Models: a directory holding the embedding model card, embedder and detector ONNX files.
     model_dir: Path = DEFAULT_MODEL_DIR
