@@ -675,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
 def _engine_outage(args: argparse.Namespace, argv: list[str] | None) -> int:
     from bench.hostile_outage import run_outage_lane
 
-    report = start_report("bench_hostile_outage", argv)
+    report = start_report("bench_hostile", argv, tag="outage")
     started = time.perf_counter()
     checkouts: list[tuple[str, Path | None]] = [(args.label, None)]
     if args.baseline_root is not None:
