@@ -9,8 +9,9 @@ same key with another request is refused (422 ``idempotency_key_reused``); a ret
 the first attempt is still running gets 409 ``idempotency_key_in_flight`` with ``Retry-After``.
 A request that fails before writing anything (a 4xx, a crash) releases its key: the retry runs anew.
 An attempt that died without releasing (the process was killed) holds the key for
-``in_flight_timeout_s`` at most (``FACES_IDEMPOTENCY_IN_FLIGHT_TIMEOUT_S``, 120 s). Records expire after ``ttl_s`` (``FACES_IDEMPOTENCY_KEY_TTL_S``,
-24 h by default) and are purged periodically.
+``in_flight_timeout_s`` at most (``FACES_IDEMPOTENCY_IN_FLIGHT_TIMEOUT_S``, 120 s); one that is merely
+slower than that loses its key and is rolled back (409), never written twice. Records expire after
+``ttl_s`` (``FACES_IDEMPOTENCY_KEY_TTL_S``, 24 h by default) and are purged periodically.
 """
 
 from __future__ import annotations
