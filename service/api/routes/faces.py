@@ -36,7 +36,7 @@ from service.domain.enroll import (
     quality_dict,
 )
 from service.domain.idempotency import Answer, parts_digest
-from service.errors import InvalidRequest, ThumbnailsDisabled
+from service.errors import InvalidRequest, SubjectNotFound, ThumbnailsDisabled
 from service.storage.records import FaceRecord
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
@@ -130,19 +130,25 @@ async def enroll_faces(
         return Answer(201, _response(collection, subject_id, enrollment).model_dump(mode="json"))
 
     with released_on_failure(write):
-        enrollment = await enroll_images(
-            services.engine,
-            services.gallery,
-            collection,
-            subject_id,
-            uploads,
-            selection=face_selection,
-            create_subject=create_subject,
-            max_upload_bytes=settings.max_upload_bytes,
-            keep_thumbnails=settings.thumbnails_enabled,
-            idempotent=write,
-            render=answer,
-        )
+        try:
+            enrollment = await enroll_images(
+                services.engine,
+                services.gallery,
+                collection,
+                subject_id,
+                uploads,
+                selection=face_selection,
+                create_subject=create_subject,
+                max_upload_bytes=settings.max_upload_bytes,
+                keep_thumbnails=settings.thumbnails_enabled,
+                idempotent=write,
+                render=answer,
+            )
+        except SubjectNotFound as exc:  # the one route where the fix is a query parameter away
+            raise SubjectNotFound(
+                f"Subject '{subject_id}' not found in '{collection}'; add create_subject=true to the query "
+                "to create it with these faces."
+            ) from exc
     body = _response(collection, subject_id, enrollment)
     if body.enrolled:
         return body
