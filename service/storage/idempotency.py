@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -143,7 +143,3 @@ class IdempotencyRepository:
         with self._engine.begin() as conn:
             result = conn.execute(delete(keys).where(keys.c.expires_ms <= now_ms))
             return int(result.rowcount or 0)
-
-    def count(self) -> int:
-        with self._engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(keys)).scalar_one())
