@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +89,7 @@ class Gallery:
 
     # -- the vector engine's share of a write ----------------------------------------------
 
-    def _to_engine(self, collection_pk: int, writes: int, what: str, change: Any) -> bool:
+    def _to_engine(self, collection_pk: int, writes: int, what: str, change: Callable[[], object]) -> bool:
         """Apply a stored change to the engine; False (and counted as pending) when it is down."""
         try:
             change()
