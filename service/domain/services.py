@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from service.domain.calibration import CalibrationSlot
 from service.domain.faces import FaceEngine
 from service.domain.gallery import Gallery
+from service.domain.idempotency import IdempotencyKeys
 from service.domain.thresholds import ThresholdPolicy
 from service.observability import Metrics
 from service.runtime.model_card import ModelCard
@@ -24,3 +25,4 @@ class Services:
     provider: str
     thresholds: ThresholdPolicy
     calibration: CalibrationSlot
+    idempotency: IdempotencyKeys

@@ -210,10 +210,7 @@ class MilvusIndex:
             except MilvusException as exc:
                 if pause is None:
                     self._connection.reconnect_soon(exc)
-                    raise VectorEngineUnavailable(
-                        "The vector engine did not accept the change. It is stored and becomes "
-                        "searchable once the engine is back (repaired automatically)."
-                    ) from exc
+                    raise VectorEngineUnavailable("The vector engine did not accept the change.") from exc
                 logger.warning("Milvus write failed (attempt %d): %s; retrying", attempt + 1, exc)
                 time.sleep(pause)
         raise AssertionError("unreachable")
@@ -296,9 +293,12 @@ class MilvusIndex:
             time.perf_counter() - started,
         )
 
-    def reconcile(self, collection_pks: Sequence[int], *, full: bool = False) -> ReconcileReport:
-        """Make Milvus hold exactly the store's faces (``milvus_reconcile.reconcile``)."""
-        return reconcile(self, self._store, collection_pks, full=full)
+    def reconcile(
+        self, collection_pks: Sequence[int], *, full: bool = False, suspects: Sequence[int] = ()
+    ) -> ReconcileReport:
+        """Make Milvus hold exactly the store's faces (``milvus_reconcile.reconcile``); ``suspects``:
+        collections this replica knows Milvus missed writes of, diffed even when the counts agree."""
+        return reconcile(self, self._store, collection_pks, full=full, suspects=suspects)
 
     def flush(self) -> None:
         """Seal growing segments (after a bulk load); Milvus also does this by itself over time."""

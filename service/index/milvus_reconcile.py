@@ -41,12 +41,19 @@ class MilvusVectors(Protocol):
 
 
 def reconcile(
-    engine: MilvusVectors, store: EmbeddingSource, collection_pks: Sequence[int], *, full: bool
+    engine: MilvusVectors,
+    store: EmbeddingSource,
+    collection_pks: Sequence[int],
+    *,
+    full: bool,
+    suspects: Sequence[int] = (),
 ) -> ReconcileReport:
-    """``full=False`` (the periodic pass) compares counts and diffs only collections that differ."""
+    """``full=False`` (the periodic pass) compares counts and diffs only collections that differ,
+    and the ``suspects`` (writes this replica knows Milvus missed)."""
     inserted = deleted = 0
+    suspected = set(suspects)
     for pk in collection_pks:
-        if not full and engine.count(pk) == store.face_count(pk):
+        if not full and pk not in suspected and engine.count(pk) == store.face_count(pk):
             continue
         added, removed = reconcile_collection(engine, store, pk)
         inserted, deleted = inserted + added, deleted + removed
