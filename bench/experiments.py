@@ -28,7 +28,7 @@ def counting_lookup() -> None:
 
     def collection_lookup(self: FaceStore, name: str) -> CollectionLookup:
         record = self.get_collection(name)
-        return CollectionLookup(record.pk, record.identify_threshold, record.identify_threshold_source)
+        return CollectionLookup(record.pk, record.own_threshold)
 
     FaceStore.collection_pk = collection_pk  # type: ignore[method-assign]
     FaceStore.collection_lookup = collection_lookup  # type: ignore[method-assign]

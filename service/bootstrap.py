@@ -116,7 +116,6 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     engine = FaceEngine(
         analyzer,
         batcher,
-        default_threshold=thresholds.verify_default.value,
         max_image_pixels=settings.max_image_pixels,
         max_request_pixels=settings.max_request_pixels,
         lanes=ImageLanes(

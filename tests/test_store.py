@@ -164,20 +164,22 @@ def test_old_database_gains_the_threshold_columns(empty_database: str) -> None:
     try:
         store.add_faces("legacy", "alice", [face(1)], create_subject=True)
         record = store.get_collection("legacy")
-        assert (record.description, record.face_count, record.identify_threshold) == ("x", 1, None)
-        assert record.identify_threshold_source is None
+        assert (record.description, record.face_count, record.own_threshold) == ("x", 1, None)
         updated = store.update_collection(
             "legacy", {"identify_threshold": 0.9}, threshold_source="calibration"
         )
-        assert (updated.identify_threshold, updated.identify_threshold_source) == (0.9, "calibration")
-        assert updated.identify_threshold_set_at is not None
-        assert store.collection_lookup("legacy").identify_threshold == 0.9
+        assert updated.own_threshold is not None
+        assert (updated.own_threshold.value, updated.own_threshold.source) == (0.9, "calibration")
+        assert updated.own_threshold.set_at is not None
+        assert store.collection_lookup("legacy").own_threshold == updated.own_threshold
     finally:
         store.close()
     again = FaceStore.from_url(empty_database)  # idempotent: nothing left to add, data intact
     try:
         assert migrate_additive(make_engine(empty_database)) == []
-        assert again.get_collection("legacy").identify_threshold == 0.9
+        kept = again.get_collection("legacy").own_threshold
+        assert kept is not None
+        assert kept.value == 0.9
     finally:
         again.close()
 
@@ -197,12 +199,12 @@ def test_upgrade_refuses_what_it_cannot_add(tmp_path: Path) -> None:
 def test_collection_threshold_roundtrip(store: FaceStore) -> None:
     name = f"c{next(_names)}"
     created = store.create_collection(name, "", identify_threshold=1.05)
-    assert (created.identify_threshold, created.identify_threshold_source) == (1.05, "collection")
-    assert created.identify_threshold_set_at is not None
+    assert created.own_threshold is not None
+    assert (created.own_threshold.value, created.own_threshold.source) == (1.05, "collection")
+    assert created.own_threshold.set_at is not None
     kept = store.update_collection(name, {"description": "new"})
-    assert (kept.description, kept.identify_threshold) == ("new", 1.05)
+    assert (kept.description, kept.own_threshold) == ("new", created.own_threshold)
     cleared = store.update_collection(name, {"identify_threshold": None})
-    assert (cleared.identify_threshold, cleared.identify_threshold_source) == (None, None)
-    assert cleared.identify_threshold_set_at is None
+    assert cleared.own_threshold is None  # value, source and date all cleared
     with pytest.raises(CollectionNotFound):
         store.update_collection("missing-one", {"identify_threshold": 1.0})

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from service.api.validation import clean_text
+from service.domain.thresholds import DefaultSource, InForceSource, ThresholdSource
 
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 SubjectId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,127}$")]
@@ -71,13 +72,13 @@ class CollectionPatch(BaseModel):
 
 class IdentifyThresholdOut(BaseModel):
     value: Distance
-    source: Literal["model_card", "settings", "collection", "calibration"]
+    source: InForceSource
     set_at: datetime | None = Field(description="When the collection's own threshold was set")
 
 
 class VerifyThresholdOut(BaseModel):
     value: Distance
-    source: Literal["model_card", "settings"]
+    source: DefaultSource
     set_at: None = None
 
 
@@ -190,7 +191,7 @@ class IdentifiedFace(BaseModel):
 class IdentifyResponse(BaseModel):
     collection: str
     threshold: Distance
-    threshold_source: Literal["request", "model_card", "settings", "collection", "calibration"]
+    threshold_source: ThresholdSource
     faces: list[IdentifiedFace]
 
 

@@ -230,9 +230,7 @@ def calibrate_collection(
     """Calibrate ``collection`` from its own faces; with ``apply`` store the result as its threshold."""
     with slot.hold():
         record = store.get_collection(collection)
-        before = thresholds.identify_for(
-            record.identify_threshold, record.identify_threshold_source, record.identify_threshold_set_at
-        )
+        before = thresholds.for_collection(record.own_threshold)
         vectors, subjects = load_embeddings(store, record.pk)
         result = calibrate(vectors, subjects, target_fpir=target_fpir, current_threshold=before.value)
         after = before
@@ -250,11 +248,7 @@ def calibrate_collection(
                 {"identify_threshold": round(result.recommended.threshold, 6)},
                 threshold_source="calibration",
             )
-            after = thresholds.identify_for(
-                updated.identify_threshold,
-                updated.identify_threshold_source,
-                updated.identify_threshold_set_at,
-            )
+            after = thresholds.for_collection(updated.own_threshold)
             logger.info(
                 "collection %s: identify threshold %.4f applied by calibration (target FPIR %g, %d faces)",
                 collection,

@@ -1,4 +1,4 @@
-"""Which distance threshold is in force, and where it came from.
+"""Which distance threshold is in force, and where it came from: the one path for identify and verify.
 
 Verification (1:1) and identification (1:N) need different thresholds: one comparison versus one
 probe against every enrolled face, where the chance that *some* stranger face falls within the
@@ -7,6 +7,9 @@ threshold grows with the gallery. Precedence, highest first:
 - identify: the request's ``threshold`` → the collection's own (set by PATCH or by calibration) →
   ``FACES_DEFAULT_IDENTIFY_THRESHOLD`` → the model card's ``identify_threshold`` → its ``threshold``;
 - verify: the request's ``threshold`` → ``FACES_DEFAULT_THRESHOLD`` → the model card's ``threshold``.
+
+The store hands out a collection's own threshold as one :class:`OwnThreshold` record; the policy
+resolves it (with the request's value, if any) into a :class:`ThresholdInForce`.
 """
 
 from __future__ import annotations
@@ -17,17 +20,20 @@ from typing import Literal
 
 from service.errors import InvalidRequest
 from service.runtime.model_card import ModelCard
+from service.storage.records import OwnThreshold, OwnThresholdSource
 
-ThresholdSource = Literal["request", "model_card", "settings", "collection", "calibration"]
-# What a collection row may carry as the origin of its own threshold.
-COLLECTION_SOURCES: frozenset[str] = frozenset({"collection", "calibration"})
+# Where a threshold in force comes from. Every name is spelled here (the collection's own two beside
+# the stored record), and the API's schemas use these types.
+DefaultSource = Literal["model_card", "settings"]  # the service-wide defaults
+InForceSource = Literal[DefaultSource, OwnThresholdSource]  # a collection's, when a request gives none
+ThresholdSource = Literal["request", InForceSource]
 
 
 @dataclass(frozen=True, slots=True)
 class ThresholdInForce:
     value: float  # squared L2 distance in [0, 4]
     source: ThresholdSource
-    set_at: datetime | None = None
+    set_at: datetime | None = None  # when the collection's own threshold was set
 
 
 def check_threshold(value: float) -> float:
@@ -61,24 +67,20 @@ class ThresholdPolicy:
             identify = ThresholdInForce(card.threshold, "model_card")
         return cls(verify, identify)
 
-    def identify_for(
-        self, value: float | None, source: str | None = None, set_at: datetime | None = None
-    ) -> ThresholdInForce:
-        """The identify threshold of a collection carrying ``value`` (None: the service default)."""
-        if value is None:
+    def for_collection(self, own: OwnThreshold | None) -> ThresholdInForce:
+        """The identify threshold of a collection when a request gives none: its own, else the default."""
+        if own is None:
             return self.identify_default
-        origin: ThresholdSource = "calibration" if source == "calibration" else "collection"
-        return ThresholdInForce(float(value), origin, set_at)
+        return ThresholdInForce(own.value, own.source, own.set_at)
 
-    def identify(
-        self, requested: float | None, collection_value: float | None, collection_source: str | None = None
-    ) -> ThresholdInForce:
-        """What an identify request uses: its own threshold, else the collection's, else the default."""
+    def identify(self, requested: float | None, own: OwnThreshold | None) -> ThresholdInForce:
+        """What an identify request uses: its own threshold, else the collection's."""
         if requested is not None:
             return ThresholdInForce(check_threshold(requested), "request")
-        return self.identify_for(collection_value, collection_source)
+        return self.for_collection(own)
 
     def verify(self, requested: float | None) -> ThresholdInForce:
+        """What a verify request uses: its own threshold, else the service's verification default."""
         if requested is not None:
             return ThresholdInForce(check_threshold(requested), "request")
         return self.verify_default

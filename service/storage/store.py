@@ -53,7 +53,16 @@ from service.errors import (
     SubjectNotFound,
     ThumbnailNotFound,
 )
-from service.storage.records import CollectionLookup, CollectionRecord, FaceRecord, NewFace, SubjectRecord
+from service.storage.records import (
+    CollectionLookup,
+    CollectionRecord,
+    FaceRecord,
+    NewFace,
+    OwnThreshold,
+    OwnThresholdSource,
+    SubjectRecord,
+    own_threshold,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +153,14 @@ def _now() -> datetime:
 def _aware(value: datetime) -> datetime:
     """SQLite drops the zone; everything we stored is UTC."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _own_threshold(row: Any) -> OwnThreshold | None:
+    """A collections row (or a select of its threshold columns) as its own-threshold record."""
+    set_at = row.identify_threshold_set_at
+    return own_threshold(
+        row.identify_threshold, row.identify_threshold_source, _aware(set_at) if set_at is not None else None
+    )
 
 
 def make_engine(url: str) -> Engine:
@@ -282,18 +299,15 @@ class FaceStore:
                     collections_table.c.pk,
                     collections_table.c.identify_threshold,
                     collections_table.c.identify_threshold_source,
+                    collections_table.c.identify_threshold_set_at,
                 ).where(collections_table.c.name == name)
             ).first()
         if row is None:
             raise CollectionNotFound(f"Collection '{name}' not found.", collection=name)
-        return CollectionLookup(
-            int(row.pk),
-            float(row.identify_threshold) if row.identify_threshold is not None else None,
-            row.identify_threshold_source,
-        )
+        return CollectionLookup(int(row.pk), _own_threshold(row))
 
     def update_collection(
-        self, name: str, changes: dict[str, Any], *, threshold_source: str = "collection"
+        self, name: str, changes: dict[str, Any], *, threshold_source: OwnThresholdSource = "collection"
     ) -> CollectionRecord:
         """Change ``description`` and/or ``identify_threshold`` (None: back to the default)."""
         values: dict[str, Any] = {}
@@ -692,11 +706,7 @@ class FaceStore:
             revision=int(row.revision),
             subject_count=int(subjects),
             face_count=int(faces),
-            identify_threshold=float(row.identify_threshold) if row.identify_threshold is not None else None,
-            identify_threshold_source=row.identify_threshold_source,
-            identify_threshold_set_at=_aware(row.identify_threshold_set_at)
-            if row.identify_threshold_set_at is not None
-            else None,
+            own_threshold=_own_threshold(row),
         )
 
     def _subject_pk(

@@ -35,9 +35,7 @@ def identify_threshold_out(threshold: ThresholdInForce) -> IdentifyThresholdOut:
 
 def collection_out(record: CollectionRecord, services: Services) -> CollectionOut:
     thresholds = services.thresholds
-    identify = thresholds.identify_for(
-        record.identify_threshold, record.identify_threshold_source, record.identify_threshold_set_at
-    )
+    identify = thresholds.for_collection(record.own_threshold)
     verify = thresholds.verify_default
     assert verify.source in ("model_card", "settings")
     return CollectionOut(
