@@ -32,13 +32,42 @@ def collection_row(conn: Connection, name: str) -> Row[Any]:
     return row
 
 
-def bump_revision(conn: Connection, coll_pk: int) -> None:
-    """Record a change to the collection's faces (an index snapshot of the old revision is stale)."""
+def bump_revision(conn: Connection, coll_pk: int, faces: int) -> None:
+    """Record a change to the collection's faces, ``faces`` added (> 0) or removed (< 0): a new
+    revision (an index snapshot of the old one is stale) and the face counter, in the writer's
+    transaction."""
     conn.execute(
         update(collections_table)
         .where(collections_table.c.pk == coll_pk)
-        .values(revision=collections_table.c.revision + 1)
+        .values(revision=collections_table.c.revision + 1, face_count=collections_table.c.face_count + faces)
     )
+
+
+def count_subject(conn: Connection, coll_pk: int, change: int) -> None:
+    """Add ``change`` (+n on insert, −n on delete) to the collection's subject counter, inside the
+    writer's transaction: the counter and the subjects table commit together (see schema.py)."""
+    conn.execute(
+        update(collections_table)
+        .where(collections_table.c.pk == coll_pk)
+        .values(subject_count=collections_table.c.subject_count + change)
+    )
+
+
+def subject_count(conn: Connection, row: Any) -> int:
+    """The collection's number of subjects: its counter, or a count where the counter is NULL (a row
+    an older release wrote since start-up)."""
+    if row.subject_count is not None:
+        return int(row.subject_count)
+    counted = conn.execute(select(func.count()).where(subjects_table.c.collection_pk == row.pk))
+    return int(counted.scalar_one())
+
+
+def face_count(conn: Connection, row: Any) -> int:
+    """The collection's number of faces: its counter, or a count where the counter is NULL."""
+    if row.face_count is not None:
+        return int(row.face_count)
+    counted = conn.execute(select(func.count()).where(faces_table.c.collection_pk == row.pk))
+    return int(counted.scalar_one())
 
 
 class CollectionRepository:
@@ -64,7 +93,13 @@ class CollectionRepository:
             with self._engine.begin() as conn:
                 conn.execute(
                     insert(collections_table).values(
-                        name=name, description=description, revision=0, created_at=now, **own
+                        name=name,
+                        description=description,
+                        revision=0,
+                        created_at=now,
+                        subject_count=0,
+                        face_count=0,
+                        **own,
                     )
                 )
         except IntegrityError as exc:
@@ -85,7 +120,8 @@ class CollectionRepository:
         return self.collection_lookup(name).pk
 
     def collection_lookup(self, name: str) -> CollectionLookup:
-        """Key and own identify threshold in one indexed row read (no counts): identify's lookup."""
+        """Key, own identify threshold and the counters in one indexed row read (no scan):
+        identify's lookup."""
         with self._engine.connect() as conn:
             row = conn.execute(
                 select(
@@ -93,11 +129,15 @@ class CollectionRepository:
                     collections_table.c.identify_threshold,
                     collections_table.c.identify_threshold_source,
                     collections_table.c.identify_threshold_set_at,
+                    collections_table.c.subject_count,
+                    collections_table.c.face_count,
                 ).where(collections_table.c.name == name)
             ).first()
-        if row is None:
-            raise CollectionNotFound(f"Collection '{name}' not found.", collection=name)
-        return CollectionLookup(int(row.pk), _own_threshold(row))
+            if row is None:
+                raise CollectionNotFound(f"Collection '{name}' not found.", collection=name)
+            return CollectionLookup(
+                int(row.pk), _own_threshold(row), subject_count(conn, row), face_count(conn, row)
+            )
 
     def update_collection(
         self, name: str, changes: dict[str, Any], *, threshold_source: OwnThresholdSource = "collection"
@@ -131,8 +171,8 @@ class CollectionRepository:
 
 
 def _with_counts(conn: Connection, row: Row[Any]) -> CollectionRecord:
-    subjects = conn.execute(select(func.count()).where(subjects_table.c.collection_pk == row.pk)).scalar_one()
-    faces = conn.execute(select(func.count()).where(faces_table.c.collection_pk == row.pk)).scalar_one()
+    subjects = subject_count(conn, row)
+    faces = face_count(conn, row)
     return CollectionRecord(
         pk=int(row.pk),
         name=str(row.name),

@@ -43,10 +43,12 @@ class CollectionRecord:
 
 @dataclass(frozen=True, slots=True)
 class CollectionLookup:
-    """What identify needs of a collection: its key and own threshold, read in one cheap query."""
+    """What identify needs of a collection: key, own threshold, subject and face counts, one row read."""
 
     pk: int
     own_threshold: OwnThreshold | None
+    subject_count: int  # both kept by the store on every write: no scan
+    face_count: int
 
 
 @dataclass(frozen=True, slots=True)
