@@ -137,11 +137,10 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     gallery = Gallery(store, indexes)
     metrics.watch_index(gallery.index_sizes_by_name)
     logger.info(
-        "default thresholds (squared L2): verify %.4f (%s), identify %.4f (%s); store %s",
+        "default thresholds (squared L2): verify %.4f (%s), identify %s; store %s",
         thresholds.verify_default.value,
         thresholds.verify_default.source,
-        thresholds.identify_default.value,
-        thresholds.identify_default.source,
+        thresholds.describe_identify_default(),
         store.dialect,
     )
     return Services(

@@ -72,8 +72,19 @@ class CollectionPatch(BaseModel):
 
 class IdentifyThresholdOut(BaseModel):
     value: Distance
-    source: InForceSource
+    source: InForceSource = Field(
+        description="collection / calibration: the collection's own; settings: "
+        "FACES_DEFAULT_IDENTIFY_THRESHOLD; model_card_by_size: the model card's ladder read at the "
+        "collection's numbers of subjects and faces (the threshold tightens as a collection grows, "
+        "keeping the share of strangers given a name steady); model_card: the card's single value"
+    )
     set_at: datetime | None = Field(description="When the collection's own threshold was set")
+    read_at_subjects: int | None = Field(
+        description="model_card_by_size: the number of subjects the ladder was read at (null otherwise)"
+    )
+    read_at_faces: int | None = Field(
+        description="model_card_by_size: the number of enrolled faces it was read at (null otherwise)"
+    )
 
 
 class VerifyThresholdOut(BaseModel):

@@ -230,7 +230,7 @@ def calibrate_collection(
     """Calibrate ``collection`` from its own faces; with ``apply`` store the result as its threshold."""
     with slot.hold():
         record = store.collections.get_collection(collection)
-        before = thresholds.for_collection(record.own_threshold)
+        before = thresholds.for_collection(record.own_threshold, record.subject_count, record.face_count)
         vectors, subjects = load_embeddings(store, record.pk)
         result = calibrate(vectors, subjects, target_fpir=target_fpir, current_threshold=before.value)
         after = before
@@ -248,7 +248,9 @@ def calibrate_collection(
                 {"identify_threshold": round(result.recommended.threshold, 6)},
                 threshold_source="calibration",
             )
-            after = thresholds.for_collection(updated.own_threshold)
+            after = thresholds.for_collection(
+                updated.own_threshold, updated.subject_count, updated.face_count
+            )
             logger.info(
                 "collection %s: identify threshold %.4f applied by calibration (target FPIR %g, %d faces)",
                 collection,
