@@ -79,7 +79,7 @@ const SOURCES = {
 function sourceWords(threshold) {
   if (threshold.source === "model_card_by_size" && Number.isInteger(threshold.read_at_subjects)) {
     const n = threshold.read_at_subjects;
-    return `model card default for ${n} ${n === 1 ? "subject" : "subjects"} (stricter as the collection grows)`;
+    return `model card default for ${n} ${n === 1 ? "subject" : "subjects"}, stricter as the collection grows`;
   }
   return SOURCES[threshold.source] || threshold.source || "";
 }
