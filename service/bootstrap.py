@@ -105,7 +105,6 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     engine = FaceEngine(
         analyzer,
         batcher,
-        default_threshold=thresholds.verify_default.value,
         max_image_pixels=settings.max_image_pixels,
         max_request_pixels=settings.max_request_pixels,
         lanes=ImageLanes(
@@ -123,11 +122,10 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     gallery = Gallery(store, indexes)
     metrics.watch_index(gallery.index_sizes_by_name)
     logger.info(
-        "default thresholds (squared L2): verify %.4f (%s), identify %.4f (%s); store %s",
+        "default thresholds (squared L2): verify %.4f (%s), identify %s; store %s",
         thresholds.verify_default.value,
         thresholds.verify_default.source,
-        thresholds.identify_default.value,
-        thresholds.identify_default.source,
+        thresholds.describe_identify_default(),
         store.dialect,
     )
     return Services(

@@ -130,7 +130,8 @@ class Settings(BaseSettings):
 
     # Matching thresholds (squared L2 distance, [0, 4]); None means the model card's calibrated one.
     # default_threshold: 1:1 verification (card ``threshold``). default_identify_threshold: 1:N
-    # identification when the collection has none of its own (card ``identify_threshold``).
+    # identification when the collection has none of its own, one value for every size (card:
+    # ``identify_threshold_by_size`` read at the collection's size, else ``identify_threshold``).
     default_threshold: float | None = Field(default=None, ge=0.0, le=4.0)
     default_identify_threshold: float | None = Field(default=None, ge=0.0, le=4.0)
     default_top_k: int = Field(default=5, ge=1, le=100)

@@ -271,9 +271,7 @@ def calibrate_collection(
     """Calibrate ``collection`` from its own faces; with ``apply`` store the result as its threshold."""
     with slot.hold():
         record = gallery.get_collection(collection)
-        before = thresholds.identify_for(
-            record.identify_threshold, record.identify_threshold_source, record.identify_threshold_set_at
-        )
+        before = thresholds.for_collection(record.own_threshold, record.subject_count, record.face_count)
         vectors, subjects = load_embeddings(gallery, record.pk)
         result = calibrate(
             vectors,
@@ -297,10 +295,8 @@ def calibrate_collection(
                 {"identify_threshold": round(result.recommendation.threshold, 6)},
                 threshold_source="calibration",
             )
-            after = thresholds.identify_for(
-                updated.identify_threshold,
-                updated.identify_threshold_source,
-                updated.identify_threshold_set_at,
+            after = thresholds.for_collection(
+                updated.own_threshold, updated.subject_count, updated.face_count
             )
             logger.info(
                 "collection %s: identify threshold %.4f applied by calibration (target FPIR %g, %d faces)",

@@ -30,7 +30,14 @@ from service.domain.faces import squared_distance
 from service.errors import VectorEngineUnavailable
 from service.index.base import ReconcileReport, VectorIndex
 from service.storage.engine import InTransaction
-from service.storage.records import CollectionLookup, CollectionRecord, FaceRecord, NewFace, SubjectRecord
+from service.storage.records import (
+    CollectionLookup,
+    CollectionRecord,
+    FaceRecord,
+    NewFace,
+    OwnThresholdSource,
+    SubjectRecord,
+)
 from service.storage.store import FaceStore
 
 # The records the gallery hands out are the domain's vocabulary too: the API names them from here,
@@ -162,7 +169,7 @@ class Gallery:
             return record
 
     def update_collection(
-        self, name: str, changes: Mapping[str, Any], *, threshold_source: str = "collection"
+        self, name: str, changes: Mapping[str, Any], *, threshold_source: OwnThresholdSource = "collection"
     ) -> CollectionRecord:
         """Change ``description`` and/or ``identify_threshold`` (None: back to the service default);
         ``threshold_source`` records who set the threshold ("collection" or "calibration")."""

@@ -35,14 +35,18 @@ _ONE = problem_responses(401, 403, 404, 422, 503)
 
 def identify_threshold_out(threshold: ThresholdInForce) -> IdentifyThresholdOut:
     assert threshold.source != "request"
-    return IdentifyThresholdOut(value=threshold.value, source=threshold.source, set_at=threshold.set_at)
+    return IdentifyThresholdOut(
+        value=threshold.value,
+        source=threshold.source,
+        set_at=threshold.set_at,
+        read_at_subjects=threshold.read_at_subjects,
+        read_at_faces=threshold.read_at_faces,
+    )
 
 
 def collection_out(record: CollectionRecord, services: Services) -> CollectionOut:
     thresholds = services.thresholds
-    identify = thresholds.identify_for(
-        record.identify_threshold, record.identify_threshold_source, record.identify_threshold_set_at
-    )
+    identify = thresholds.for_collection(record.own_threshold, record.subject_count, record.face_count)
     verify = thresholds.verify_default
     assert verify.source in ("model_card", "settings")
     return CollectionOut(
