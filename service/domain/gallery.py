@@ -57,6 +57,17 @@ class Gallery:
         sizes = self.indexes.sizes([c.pk for c in collections])
         return {c.name: sizes.get(c.pk, 0) for c in collections}
 
+    def compressed_index_states(self) -> dict[str, dict[str, object]]:
+        """Per collection not served by the exact scan: its index kind, state and parameters."""
+        states: dict[str, dict[str, object]] = {}
+        if self.indexes.engine != "faiss":
+            return states
+        for collection in self.store.list_collections():
+            info = self.indexes.index_info(collection.pk)
+            if info.kind != "exact" or info.state != "ready":
+                states[collection.name] = {"kind": info.kind, "state": info.state, **info.params}
+        return states
+
     def index_out_of_sync(self) -> list[int]:
         """Collections whose index does not hold exactly the store's faces (for /readyz)."""
         return self.indexes.out_of_sync([c.pk for c in self.store.list_collections()])
