@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
                 exact_stats = compare(
                     ref_sims, ref_positions, ref_sims, ref_positions, probes, real, threshold
                 )
-                rows.append(dataclasses.replace(exact, **exact_stats))
+                rows.append(dataclasses.replace(exact, **exact_stats))  # type: ignore[arg-type]
                 bursts.append(burst_row)
             print(f"{fmt_count(size)}: serving the snapshot in a fresh process ...", flush=True)
             ctx = multiprocessing.get_context("spawn")

@@ -134,30 +134,30 @@ def test_compressed_index_adds_deletes_and_reloads_its_snapshot(lfw: LfwGallery,
 
 def _store(tmp_path: Path, lfw: LfwGallery, distractors: int) -> tuple[FaceStore, int]:
     store = FaceStore.from_url(f"sqlite:///{tmp_path}/faces.db")
-    coll = store.create_collection("c")
+    coll = store.collections.create_collection("c")
     for person, faces in lfw.enrolled.items():
-        store.add_faces(
+        store.faces.add_faces(
             "c",
             person,
             [NewFace(embedding=v, box=(0, 0, 1, 1), quality={}) for v in faces],
             create_subject=True,
         )
     noise = [NewFace(embedding=v, box=(0, 0, 1, 1), quality={}) for v in unit_vectors(distractors, seed=4)]
-    store.add_faces("c", "distractors", noise, create_subject=True)
+    store.faces.add_faces("c", "distractors", noise, create_subject=True)
     return store, coll.pk
 
 
 def _store_ids(store: FaceStore, pk: int) -> NDArray[np.int64]:
-    return np.sort(np.concatenate([ids for ids, _ in store.iter_embeddings(pk)]))
+    return np.sort(np.concatenate([ids for ids, _ in store.faces.iter_embeddings(pk)]))
 
 
 def test_registry_picks_the_index_by_size_and_switches_in_the_background(
     lfw: LfwGallery, tmp_path: Path
 ) -> None:
     store, pk = _store(tmp_path, lfw, 1_000)
-    size = store.face_count(pk)
+    size = store.faces.face_count(pk)
     exact = IndexRegistry(
-        store, 128, tmp_path / "exact", compressed_min_faces=size + 10, compressed=ALL_CELLS
+        store.faces, 128, tmp_path / "exact", compressed_min_faces=size + 10, compressed=ALL_CELLS
     )
     exact.load_all([pk])
     assert exact.index_info(pk).kind == "exact"
@@ -165,9 +165,9 @@ def test_registry_picks_the_index_by_size_and_switches_in_the_background(
     # Crossing the threshold: the exact index keeps serving while the compressed one trains.
     probes = _probes(lfw)
     new = [NewFace(embedding=v, box=(0, 0, 1, 1), quality={}) for v in unit_vectors(20, seed=5)]
-    records = store.add_faces("c", "more", new, create_subject=True)
+    records = store.faces.add_faces("c", "more", new, create_subject=True)
     exact.add(pk, np.array([r.pk for r in records], dtype=np.int64), unit_vectors(20, seed=5))
-    late = store.add_faces(
+    late = store.faces.add_faces(
         "c", "late", [NewFace(embedding=probes[0], box=(0, 0, 1, 1), quality={})], create_subject=True
     )
     exact.add(pk, np.array([late[0].pk], dtype=np.int64), probes[:1])  # during or after the build
@@ -181,7 +181,9 @@ def test_registry_picks_the_index_by_size_and_switches_in_the_background(
     exact.close()
 
     # At start-up the store's size decides, and the compressed snapshot is reused when current.
-    reloaded = IndexRegistry(store, 128, tmp_path / "exact", compressed_min_faces=size, compressed=ALL_CELLS)
+    reloaded = IndexRegistry(
+        store.faces, 128, tmp_path / "exact", compressed_min_faces=size, compressed=ALL_CELLS
+    )
     reloaded.load_all([pk])
     assert reloaded.index_info(pk).kind == "compressed"
     assert np.array_equal(reloaded.get(pk).ids(), _store_ids(store, pk))
@@ -192,7 +194,7 @@ def test_registry_picks_the_index_by_size_and_switches_in_the_background(
     vector_files = sorted((tmp_path / "exact").glob("*.vectors"))
     assert len(vector_files) == 1  # the one in use; nothing left behind
 
-    never = IndexRegistry(store, 128, tmp_path / "never", compressed_min_faces=0, compressed=PARAMS)
+    never = IndexRegistry(store.faces, 128, tmp_path / "never", compressed_min_faces=0, compressed=PARAMS)
     never.load_all([pk])
     assert never.index_info(pk).kind == "exact"
     reloaded.drop(pk)
@@ -200,7 +202,7 @@ def test_registry_picks_the_index_by_size_and_switches_in_the_background(
 
 
 def _store_vectors(store: FaceStore, pk: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-    parts = list(store.iter_embeddings(pk))
+    parts = list(store.faces.iter_embeddings(pk))
     ids = np.concatenate([i for i, _ in parts])
     vectors = np.concatenate([v for _, v in parts]).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
