@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 
 from service.index.compressed_index import CompressedCollectionIndex, CompressedParams
 from service.index.faiss_index import CollectionIndex, IndexRegistry
+from service.main import create_app
+from service.settings import Settings
 from service.storage.records import NewFace
 from service.storage.store import FaceStore
 from tests.embeddings import LfwGallery, embed_lfw_people, unit_vectors
@@ -207,3 +211,55 @@ def _store_vectors(store: FaceStore, pk: int) -> tuple[NDArray[np.int64], NDArra
     vectors = np.concatenate([v for _, v in parts]).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return ids, vectors
+
+
+def test_api_serves_a_compressed_collection_with_exact_distances_and_shows_its_state(
+    tmp_path: Path, lfw_image: Callable[[str, int], Path]
+) -> None:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/faces.db",
+        index_dir=tmp_path / "index",
+        compressed_index_min_faces=4,  # the fourth face switches the collection
+        compressed_index_nlist=4,
+        compressed_index_nprobe=4,
+    )
+    people = {"George_W_Bush": [1, 2], "Tony_Blair": [1, 2], "Colin_Powell": [1, 2]}
+    with TestClient(create_app(settings)) as client:
+        client.post("/v1/collections", json={"name": "big"}).raise_for_status()
+        assert client.get("/v1/collections/big").json()["index"]["kind"] == "exact"
+        enrolled = 0
+        for person, numbers in people.items():
+            files = [
+                ("images", (f"{n}.jpg", lfw_image(person, n).read_bytes(), "image/jpeg")) for n in numbers
+            ]
+            response = client.post(
+                f"/v1/collections/big/subjects/{person}/faces", params={"create_subject": "true"}, files=files
+            )
+            assert response.status_code == 201, response.text
+            enrolled += int(response.json()["enrolled"])
+        deadline = time.monotonic() + 60
+        index = client.get("/v1/collections/big").json()["index"]
+        while (index["kind"], index["state"]) != ("compressed", "ready") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            index = client.get("/v1/collections/big").json()["index"]
+        assert (index["kind"], index["state"], index["faces"]) == ("compressed", "ready", enrolled)
+        assert index["params"]["nlist"] == 4
+        assert client.get("/readyz").json()["checks"]["compressed_indexes"]["big"]["kind"] == "compressed"
+
+        probe = lfw_image("George_W_Bush", 10).read_bytes()
+        body = client.post("/v1/collections/big/identify", files={"image": probe}).json()
+        face = body["faces"][0]
+        assert face["match"]["subject_id"] == "George_W_Bush"
+        for candidate in face["candidates"]:
+            assert candidate["similarity"] == pytest.approx(1 - candidate["distance"] / 2, abs=1e-6)
+
+    # The same store served by the exact scan answers the same, to the distance.
+    exact = settings.model_copy(update={"compressed_index_min_faces": 0})
+    with TestClient(create_app(exact)) as client:
+        assert client.get("/v1/collections/big").json()["index"]["kind"] == "exact"
+        reference = client.post("/v1/collections/big/identify", files={"image": probe}).json()
+    assert [c["face_id"] for c in reference["faces"][0]["candidates"]] == [
+        c["face_id"] for c in face["candidates"]
+    ]
+    for got, want in zip(face["candidates"], reference["faces"][0]["candidates"], strict=True):
+        assert got["distance"] == pytest.approx(want["distance"], abs=1e-6)
