@@ -169,18 +169,26 @@ def exact_topk(
 
 
 @dataclass(frozen=True, slots=True)
+class Setting:
+    """One search setting measured on the loaded snapshot."""
+
+    nprobe: int
+    one_client: LatencyStats
+    four_clients: LatencyStats
+    four_clients_qps: float
+    sims: list[list[float]]
+    pks: list[list[int]]
+
+
+@dataclass(frozen=True, slots=True)
 class Served:
     """What a fresh process measured on the compressed snapshot."""
 
     ready_s: float
     rss_anon_mb: float
     rss_file_mb: float
-    one_client: LatencyStats
-    four_clients: LatencyStats
-    four_clients_qps: float
     enroll: LatencyStats
-    sims: list[list[float]]
-    pks: list[list[int]]
+    settings: list[Setting]
 
 
 def _rss() -> tuple[float, float]:
@@ -192,9 +200,12 @@ def _rss() -> tuple[float, float]:
     return fields["RssAnon"], fields["RssFile"]
 
 
-def run_clients(search: Any, queries: NDArray[np.float32], clients: int) -> tuple[list[float], float]:
-    """Closed-loop clients sharing the probe list; per-call seconds and wall time."""
+def run_clients(
+    search: Any, queries: NDArray[np.float32], clients: int
+) -> tuple[list[float], float, list[Any]]:
+    """Closed-loop clients sharing the probe list; per-call seconds, wall time, answers by row."""
     samples: list[float] = []
+    results: list[Any] = [None] * len(queries)
     lock = threading.Lock()
     next_row = [0]
 
@@ -206,7 +217,7 @@ def run_clients(search: Any, queries: NDArray[np.float32], clients: int) -> tupl
             if row >= len(queries):
                 return
             t0 = time.perf_counter()
-            search(queries[row : row + 1])
+            results[row] = search(queries[row : row + 1])
             elapsed = time.perf_counter() - t0
             with lock:
                 samples.append(elapsed)
@@ -217,20 +228,37 @@ def run_clients(search: Any, queries: NDArray[np.float32], clients: int) -> tupl
         thread.start()
     for thread in threads:
         thread.join()
-    return samples, time.perf_counter() - started
+    return samples, time.perf_counter() - started, results
 
 
-def serve_snapshot(index_path: str, params: CompressedParams, probes: NDArray[np.float32], out: Any) -> None:
-    """In a fresh process: load the snapshot, search every probe, enroll 200 faces, report."""
+def serve_snapshot(
+    index_path: str, params: CompressedParams, nprobes: list[int], probes: NDArray[np.float32], out: Any
+) -> None:
+    """In a fresh process: load the snapshot; per nprobe, every probe at 4 clients (answers kept) and
+    300 at 1 client; then 200 one-face enrollments; report."""
     faiss.omp_set_num_threads(1)
     anon0, file0 = _rss()
     t0 = time.perf_counter()
     index, _ = CompressedCollectionIndex.load(Path(index_path), DIM, params)
     ready_s = time.perf_counter() - t0
-    index.search(probes[:20], K)  # warm-up
-    one, _ = run_clients(lambda q: index.search(q, K), probes, 1)
-    four, wall = run_clients(lambda q: index.search(q, K), probes, 4)
-    sims, pks = index.search(probes, K)
+    settings: list[Setting] = []
+    for nprobe in nprobes:
+        index.tune(nprobe=nprobe, rerank=params.rerank)
+        index.search(probes[:20], K)  # warm-up
+        one, _, _ = run_clients(lambda q: index.search(q, K), probes[:300], 1)
+        four, wall, hits = run_clients(lambda q: index.search(q, K), probes, 4)
+        sims = np.concatenate([h[0] for h in hits])
+        pks = np.concatenate([h[1] for h in hits])
+        settings.append(
+            Setting(
+                nprobe,
+                LatencyStats.from_seconds(one),
+                LatencyStats.from_seconds(four),
+                len(probes) / wall,
+                sims[:, :K].tolist(),
+                pks[:, :K].tolist(),
+            )
+        )
     rng = np.random.default_rng(1)
     enroll: list[float] = []
     new_ids = np.arange(10**12, 10**12 + 200, dtype=np.int64)
@@ -241,21 +269,7 @@ def serve_snapshot(index_path: str, params: CompressedParams, probes: NDArray[np
         enroll.append(time.perf_counter() - t)
     index.remove(new_ids)
     anon, file = _rss()
-    out.put(
-        asdict(
-            Served(
-                ready_s,
-                anon - anon0,
-                file - file0,
-                LatencyStats.from_seconds(one),
-                LatencyStats.from_seconds(four),
-                len(probes) / wall,
-                LatencyStats.from_seconds(enroll),
-                sims[:, :K].tolist(),
-                pks[:, :K].tolist(),
-            )
-        )
-    )
+    out.put(asdict(Served(ready_s, anon - anon0, file - file0, LatencyStats.from_seconds(enroll), settings)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,8 +397,8 @@ def exact_row(
         index.add(np.arange(start, stop, dtype=np.int64), vectors.read(start, stop))
     build_s = time.perf_counter() - t0
     queries = probes.vectors
-    one, _ = run_clients(lambda q: index.search(q, K), queries[:300], 1)
-    four, wall = run_clients(lambda q: index.search(q, K), queries[:300], 4)
+    one, _, _ = run_clients(lambda q: index.search(q, K), queries[:300], 1)
+    four, wall, _ = run_clients(lambda q: index.search(q, K), queries[:300], 4)
     bursts = burst(index, queries, rounds)
     row = Row(
         size=size,
@@ -418,7 +432,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--genuine", type=int, default=1000, help="held-out photos of enrolled people")
     parser.add_argument("--strangers", type=int, default=500, help="people with no photo in the gallery")
     parser.add_argument("--codec", choices=["SQ8", "fp16"], default="SQ8")
-    parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--nprobe", default="32", help="cells scanned per query; several: 16,64")
     parser.add_argument("--rerank", type=int, default=256)
     parser.add_argument("--nlist", type=int, default=0, help="0: default_nlist(size)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the 32-query burst")
@@ -453,8 +467,9 @@ def main(argv: list[str] | None = None) -> None:
     bursts: list[Burst] = []
     try:
         for size in parse_counts(args.sizes):
+            nprobes = [int(n) for n in args.nprobe.split(",")]
             params = CompressedParams(
-                codec=args.codec, nlist=args.nlist, nprobe=args.nprobe, rerank=args.rerank
+                codec=args.codec, nlist=args.nlist, nprobe=nprobes[0], rerank=args.rerank
             )
             print(f"{fmt_count(size)}: building the compressed index ...", flush=True)
             faiss.omp_set_num_threads(2)  # the build may use both cores (the service trains in a thread)
@@ -483,32 +498,35 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{fmt_count(size)}: serving the snapshot in a fresh process ...", flush=True)
             ctx = multiprocessing.get_context("spawn")
             queue = ctx.Queue()
-            child = ctx.Process(target=serve_snapshot, args=(str(snapshot), params, probes.vectors, queue))
+            child = ctx.Process(
+                target=serve_snapshot, args=(str(snapshot), params, nprobes, probes.vectors, queue)
+            )
             child.start()
             served = queue.get(timeout=3600)
             child.join()
-            got_sims = np.asarray(served["sims"], dtype=np.float32)
-            got_positions = np.asarray(served["pks"], dtype=np.int64) - 1  # pk = position + 1
-            stats = compare(got_sims, got_positions, ref_sims, ref_positions, probes, real, threshold)
-            rows.append(
-                Row(
-                    size=size,
-                    index=f"compressed IVF-{args.codec} + exact re-rank",
-                    params=f"nlist={nlist} nprobe={args.nprobe} rerank={args.rerank}",
-                    build_s=build_s,
-                    add_rate=size / build_s,
-                    ready_s=served["ready_s"],
-                    rss_anon_mb=served["rss_anon_mb"],
-                    rss_file_mb=served["rss_file_mb"],
-                    one_client=LatencyStats(**served["one_client"]),
-                    four_clients=LatencyStats(**served["four_clients"]),
-                    four_clients_qps=served["four_clients_qps"],
-                    enroll_p50_ms=served["enroll"]["p50_ms"],
-                    enroll_p99_ms=served["enroll"]["p99_ms"],
-                    **stats,
+            for setting in served["settings"]:
+                got_sims = np.asarray(setting["sims"], dtype=np.float32)
+                got_positions = np.asarray(setting["pks"], dtype=np.int64) - 1  # pk = position + 1
+                stats = compare(got_sims, got_positions, ref_sims, ref_positions, probes, real, threshold)
+                rows.append(
+                    Row(
+                        size=size,
+                        index=f"compressed IVF-{args.codec} + exact re-rank",
+                        params=f"nlist={nlist} nprobe={setting['nprobe']} rerank={args.rerank}",
+                        build_s=build_s,
+                        add_rate=size / build_s,
+                        ready_s=served["ready_s"],
+                        rss_anon_mb=served["rss_anon_mb"],
+                        rss_file_mb=served["rss_file_mb"],
+                        one_client=LatencyStats(**setting["one_client"]),
+                        four_clients=LatencyStats(**setting["four_clients"]),
+                        four_clients_qps=setting["four_clients_qps"],
+                        enroll_p50_ms=served["enroll"]["p50_ms"],
+                        enroll_p99_ms=served["enroll"]["p99_ms"],
+                        **stats,
+                    )
                 )
-            )
-            print(f"  {rows[-1]}", flush=True)
+                print(f"  {rows[-1].params}: same answer {rows[-1].same_answer:.4f}", flush=True)
             del vectors
             gc.collect()
             for path in workdir.iterdir():
@@ -572,7 +590,8 @@ def main(argv: list[str] | None = None) -> None:
         "growth over the bare process after all searches and 200 enrollments: anonymous = codes + maps, "
         "file = pages of the fp32 vector file that re-ranking touched, evictable); enroll = one face's "
         "IndexRegistry-level add (quantiser assignment + code + vector file append)",
-        "exact row: RSS = the fp32 vectors; 1/4 clients over 300 probes, coalescing on (min block 3)",
+        "1 client: the first 300 probes; 4 clients: every probe (their answers are the ones compared); "
+        "exact row: RSS = the fp32 vectors, 1 and 4 clients over 300 probes, coalescing on (min block 3)",
         "shared 2-core host under other load: medians; build uses 2 OpenMP threads, searches 1",
     ]
     report.tables.append(table)
