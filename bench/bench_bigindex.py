@@ -59,7 +59,7 @@ from service.index.compressed_index import (
     ExactVectors,
     default_nlist,
 )
-from service.index.faiss_index import CollectionIndex
+from service.index.faiss_index import CollectionIndex, limit_blas_threads
 from service.runtime.model_card import ModelCard
 
 DIM = 128
@@ -237,6 +237,7 @@ def serve_snapshot(
     """In a fresh process: load the snapshot; per nprobe, every probe at 4 clients (answers kept) and
     300 at 1 client; then 200 one-face enrollments; report."""
     faiss.omp_set_num_threads(1)
+    limit_blas_threads(1)
     anon0, file0 = _rss()
     t0 = time.perf_counter()
     index, _ = CompressedCollectionIndex.load(Path(index_path), DIM, params)
@@ -445,6 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
+    limit_blas_threads(1)  # as the service sets it (FACES_SEARCH_THREADS=1)
     report = start_report("bench_bigindex", argv, tag=args.tag)
     faces = embed_lfw_variants(args.lfw_dir, 1, args.threads)
     people = faces.people
@@ -592,7 +594,7 @@ def main(argv: list[str] | None = None) -> None:
         "IndexRegistry-level add (quantiser assignment + code + vector file append)",
         "1 client: the first 300 probes; 4 clients: every probe (their answers are the ones compared); "
         "exact row: RSS = the fp32 vectors, 1 and 4 clients over 300 probes, coalescing on (min block 3)",
-        "shared 2-core host under other load: medians; build uses 2 OpenMP threads, searches 1",
+        "shared 2-core host under other load: medians; build: numpy BLAS on 1 thread (k-means, cell assignment) and FAISS encoding on 2 OpenMP threads; searches on 1",
     ]
     report.tables.append(table)
     if bursts:
