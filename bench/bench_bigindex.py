@@ -594,7 +594,8 @@ def main(argv: list[str] | None = None) -> None:
         "IndexRegistry-level add (quantiser assignment + code + vector file append)",
         "1 client: the first 300 probes; 4 clients: every probe (their answers are the ones compared); "
         "exact row: RSS = the fp32 vectors, 1 and 4 clients over 300 probes, coalescing on (min block 3)",
-        "shared 2-core host under other load: medians; build: numpy BLAS on 1 thread (k-means, cell assignment) and FAISS encoding on 2 OpenMP threads; searches on 1",
+        "shared 2-core host under other load: medians; build: numpy BLAS on 1 thread (k-means, cell "
+        "assignment) and FAISS encoding on 2 OpenMP threads; searches on 1",
     ]
     report.tables.append(table)
     if bursts:
