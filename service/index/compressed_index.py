@@ -56,7 +56,7 @@ class CompressedParams:
 
     codec: Codec = "SQ8"
     nlist: int = 0  # 0: default_nlist(size at training)
-    nprobe: int = 32
+    nprobe: int = 128
     rerank: int = 256  # approximate candidates re-ranked exactly per query (at least 4×k)
     train_sample: int = 100_000  # vectors k-means trains on (at least 39×nlist are used)
     train_iterations: int = 10
