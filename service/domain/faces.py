@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,9 +33,14 @@ class EmbeddedFace:
         return self.analyzed.face.box
 
 
+def squared_distances(similarities: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
+    """d² = 2 − 2·cos for unit vectors, clipped to its exact range [0, 4]: the one place it is written."""
+    return np.clip(2.0 - 2.0 * np.asarray(similarities, dtype=np.float64), 0.0, 4.0)
+
+
 def squared_distance(similarity: float) -> float:
-    """d² = 2 − 2·cos for unit vectors, clipped to its exact range [0, 4]."""
-    return float(np.clip(2.0 - 2.0 * similarity, 0.0, 4.0))
+    """``squared_distances`` of one cosine."""
+    return float(squared_distances(np.asarray(similarity)))
 
 
 class FaceEngine:

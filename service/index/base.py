@@ -17,6 +17,8 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from service.vectors import as_unit_rows as as_unit_rows  # the engines' normaliser, named here too
+
 # Per query row: cosine similarities and face pks, best first; pk −1 pads rows with fewer hits.
 SearchHits = tuple[NDArray[np.float32], NDArray[np.int64]]
 
@@ -116,24 +118,21 @@ class VectorIndex(Protocol):
         """Collections whose vector count differs from the store's face count."""
         ...
 
-    def reconcile(self, collection_pks: Sequence[int], *, full: bool = False) -> ReconcileReport:
+    def reconcile(
+        self, collection_pks: Sequence[int], *, full: bool = False, suspects: Sequence[int] = ()
+    ) -> ReconcileReport:
         """Repair differences with the store (idempotent; safe on several replicas at once).
 
-        ``full`` compares every face pk; otherwise counts first, and pks only where they differ.
+        ``collection_pks`` must be every collection the store has: the engine's vectors of any other
+        collection are deleted. ``full`` compares every face pk; otherwise counts first, and pks only
+        where they differ or where the collection is one of ``suspects`` (writes known to be missed:
+        a delete and an insert may leave the count right).
         """
         ...
 
     def close(self) -> None:
         """On clean shutdown (FAISS writes its snapshots; Milvus closes its connection)."""
         ...
-
-
-def as_unit_rows(vectors: NDArray[np.float32], dim: int) -> NDArray[np.float32]:
-    """C-contiguous float32 rows scaled to unit length (inner product = cosine)."""
-    array = np.array(vectors, dtype=np.float32, copy=True).reshape(-1, dim)
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    np.divide(array, norms, out=array, where=norms > 0)
-    return np.ascontiguousarray(array)
 
 
 def no_hits(n_queries: int) -> SearchHits:

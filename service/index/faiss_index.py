@@ -32,6 +32,7 @@ from service.index.base import (
     no_hits,
 )
 from service.index.compressed_index import CompressedCollectionIndex, CompressedParams
+from service.vectors import as_unit_rows
 
 __all__ = ["CollectionIndex", "IndexRegistry", "ReadWriteLock", "gpu_available"]
 
@@ -118,7 +119,7 @@ class CollectionIndex:
     def add(self, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
         if len(ids) == 0:
             return
-        vectors = _as_unit_rows(vectors, self.dim)
+        vectors = as_unit_rows(vectors, self.dim)
         with self._lock.write():
             self._index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
             self._gpu_flat = None
@@ -133,7 +134,7 @@ class CollectionIndex:
 
     def search(self, queries: NDArray[np.float32], k: int) -> SearchHits:
         """Top-k cosine similarities and face pks per query (pk −1 pads when fewer exist)."""
-        queries = _as_unit_rows(queries, self.dim)
+        queries = as_unit_rows(queries, self.dim)
         if self._use_gpu:
             with self._lock.write():  # the GPU mirror is (re)built lazily: exclusive
                 if self.ntotal == 0:
@@ -286,12 +287,6 @@ class CollectionIndex:
         return cls(dim, use_gpu=use_gpu, index=index, search_threads=search_threads, min_block=min_block)
 
 
-def _as_unit_rows(vectors: NDArray[np.float32], dim: int) -> NDArray[np.float32]:
-    array = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, dim).copy()
-    faiss.normalize_L2(array)
-    return array
-
-
 @dataclass(frozen=True, slots=True)
 class SnapshotManifest:
     collection_pk: int
@@ -419,10 +414,13 @@ class IndexRegistry:
             return IndexInfo(info.kind, "building", info.faces, info.params | {"building": "compressed"})
         return info
 
-    def reconcile(self, collection_pks: Sequence[int], *, full: bool = False) -> ReconcileReport:
-        """Rebuild any collection whose index differs from the store (never expected in-process)."""
+    def reconcile(
+        self, collection_pks: Sequence[int], *, full: bool = False, suspects: Sequence[int] = ()
+    ) -> ReconcileReport:
+        """Rebuild any collection whose index differs from the store, or is suspected to."""
         inserted = deleted = 0
-        for pk in self.out_of_sync(collection_pks):
+        redo = set(self.out_of_sync(collection_pks)) | (set(suspects) & set(collection_pks))
+        for pk in sorted(redo):
             with self._lock:
                 if pk in self._builds:
                     continue  # a background build is replacing it (and replays the journal)
@@ -430,6 +428,11 @@ class IndexRegistry:
             after = self.rebuild(pk).ntotal
             inserted, deleted = inserted + max(0, after - before), deleted + max(0, before - after)
             logger.warning("collection %d: index differed from the store; rebuilt", pk)
+        with self._lock:
+            orphans = [pk for pk in self._indexes if pk not in set(collection_pks)]
+        for pk in orphans:  # collections the store no longer has (a drop that failed)
+            deleted += self.sizes([pk])[pk]
+            self.drop(pk)
         return ReconcileReport(inserted, deleted, len(collection_pks))
 
     def close(self) -> None:
