@@ -11,6 +11,7 @@ from service.domain.idempotency import IdempotencyKeys
 from service.domain.services import Services
 from service.domain.thresholds import ThresholdPolicy
 from service.index.base import VectorIndex
+from service.index.compressed_index import CompressedParams
 from service.index.faiss_index import IndexRegistry
 from service.observability import Metrics
 from service.runtime.analyzer import FaceAnalyzer
@@ -83,6 +84,14 @@ def build_vector_index(settings: Settings, store: FaceStore, dim: int) -> Vector
         settings.index_dir,
         use_gpu=settings.use_gpu_index,
         search_threads=settings.search_threads,
+        min_block=settings.search_min_block,
+        compressed_min_faces=settings.compressed_index_min_faces,
+        compressed=CompressedParams(
+            codec=settings.compressed_index_codec,
+            nlist=settings.compressed_index_nlist,
+            nprobe=settings.compressed_index_nprobe,
+            rerank=settings.compressed_index_rerank,
+        ),
     )
 
 

@@ -70,6 +70,17 @@ class Settings(BaseSettings):
     # OpenMP threads per FAISS search. One query scans memory-bound: a second thread mostly adds
     # barrier waits while the model uses the cores (bench/results/README_performance.md).
     search_threads: int = Field(default=1, ge=1, le=256)
+    # Identify calls on one collection that arrive while a scan runs are answered together by one
+    # pass (a matrix product) once this many query rows wait; fewer keep FAISS's per-query scan.
+    search_min_block: int = Field(default=3, ge=2, le=4096)
+    # A collection with at least this many faces is served by the compressed index (IVF over 8-bit
+    # codes, candidates re-ranked with the exact vectors; its answers differ from the exact scan's on
+    # some probes: README "Big collections"); 0 = always exact.
+    compressed_index_min_faces: int = Field(default=4_000_000, ge=0)
+    compressed_index_codec: Literal["SQ8", "fp16"] = "SQ8"
+    compressed_index_nlist: int = Field(default=0, ge=0, le=65_536)  # 0: from the size at training
+    compressed_index_nprobe: int = Field(default=128, ge=1, le=65_536)  # cells scanned per query
+    compressed_index_rerank: int = Field(default=256, ge=1, le=100_000)  # candidates re-ranked exactly
 
     # Vector engine: "faiss" (embedded, one index per process, the default) or "milvus" (shared by
     # every API replica; pip install -e ".[milvus]"). The store stays the source of truth for both.

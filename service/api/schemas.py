@@ -94,6 +94,17 @@ class VerifyThresholdOut(BaseModel):
     set_at: None = None
 
 
+class IndexOut(BaseModel):
+    """Which vector index serves the collection's searches (distances are exact either way)."""
+
+    kind: str = Field(description="exact (flat scan), compressed (IVF codes re-ranked exactly), or Milvus's")
+    state: Literal["ready", "building"] = Field(
+        description="building: a compressed index trains in the background; the current one serves"
+    )
+    faces: int
+    params: dict[str, int | str]
+
+
 class CollectionOut(BaseModel):
     name: str
     description: str
@@ -104,6 +115,7 @@ class CollectionOut(BaseModel):
         description="The threshold identify uses when a request gives none, and where it comes from"
     )
     verify_threshold: VerifyThresholdOut = Field(description="The threshold verify uses by default")
+    index: IndexOut | None = Field(default=None, description="The vector index serving this collection")
 
 
 class CollectionList(BaseModel):

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from service.domain.faces import squared_distance
 from service.errors import VectorEngineUnavailable
-from service.index.base import ReconcileReport, VectorIndex
+from service.index.base import IndexInfo, ReconcileReport, VectorIndex
 from service.storage.engine import InTransaction
 from service.storage.records import (
     CollectionLookup,
@@ -201,6 +201,21 @@ class Gallery:
         collections = self.store.collections.list_collections()
         sizes = self.indexes.sizes([c.pk for c in collections])
         return {c.name: sizes.get(c.pk, 0) for c in collections}
+
+    def index_info(self, collection_pk: int) -> IndexInfo:
+        """Which index serves the collection (exact or compressed), its parameters and state."""
+        return self.indexes.index_info(collection_pk)
+
+    def compressed_index_states(self) -> dict[str, dict[str, object]]:
+        """Per collection not served by the exact scan: its index kind, state and parameters."""
+        states: dict[str, dict[str, object]] = {}
+        if self.indexes.engine != "faiss":
+            return states
+        for collection in self.store.collections.list_collections():
+            info = self.indexes.index_info(collection.pk)
+            if info.kind != "exact" or info.state != "ready":
+                states[collection.name] = {"kind": info.kind, "state": info.state, **info.params}
+        return states
 
     def index_out_of_sync(self) -> list[int]:
         """Collections whose index does not hold exactly the store's faces (for /readyz)."""

@@ -41,7 +41,7 @@ from numpy.typing import NDArray
 from pymilvus import MilvusClient, MilvusException
 
 from service.errors import VectorEngineUnavailable
-from service.index.base import EmbeddingSource, ReconcileReport, SearchHits, no_hits
+from service.index.base import EmbeddingSource, IndexInfo, ReconcileReport, SearchHits, no_hits
 from service.index.milvus_connection import MilvusConnection
 from service.index.milvus_reconcile import MAX_WINDOW, reconcile
 from service.index.milvus_schema import (
@@ -252,6 +252,12 @@ class MilvusIndex:
 
     def count(self, collection_pk: int) -> int:
         return self._count(in_collection(collection_pk))
+
+    def index_info(self, collection_pk: int) -> IndexInfo:
+        """The Milvus index every collection shares (exact when FLAT)."""
+        params: dict[str, int | str] = {**self._ann.build_params(), **self._ann.search_params(1)}
+        kind = "exact" if self._ann.kind == "FLAT" else self._ann.kind
+        return IndexInfo(kind=kind, state="ready", faces=self.count(collection_pk), params=params)
 
     def _count(self, expr: str) -> int:
         rows = self.query(expr, ["count(*)"], limit=None)

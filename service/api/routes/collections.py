@@ -18,6 +18,7 @@ from service.api.schemas import (
     CollectionOut,
     CollectionPatch,
     IdentifyThresholdOut,
+    IndexOut,
     OperatingPointOut,
     Problem,
     VerifyThresholdOut,
@@ -99,7 +100,17 @@ def list_collections(services: ServicesDep, caller: CallerDep) -> CollectionList
 
 @router.get("/{collection}", response_model=CollectionOut, responses=_ONE)
 def get_collection(collection: CollectionDep, services: ServicesDep) -> CollectionOut:
-    return collection_out(services.gallery.get_collection(collection), services)
+    """The collection, with the vector index serving it (exact or compressed, and its state)."""
+    record = services.gallery.get_collection(collection)
+    info = services.gallery.index_info(record.pk)
+    out = collection_out(record, services)
+    out.index = IndexOut(
+        kind=info.kind,
+        state="building" if info.state == "building" else "ready",
+        faces=info.faces,
+        params=info.params,
+    )
+    return out
 
 
 @router.patch(

@@ -41,6 +41,8 @@ def _readiness(services: Services | None) -> tuple[bool, dict[str, object]]:
         checks["store"] = "ok"
         stale = services.gallery.index_out_of_sync()
         checks["index"] = "in_sync" if not stale else f"out_of_sync: {stale}"
+        # Collections not on the exact scan (compressed, or one building in the background).
+        checks["compressed_indexes"] = services.gallery.compressed_index_states()
         ready = not stale and pending == 0
     except SQLAlchemyError:
         logger.warning("readiness: store unreachable", exc_info=True)
