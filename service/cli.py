@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(rest)
     from faces_client.enroll import main as enroll_main
 
-    return enroll_main(rest)
+    return int(enroll_main(rest))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from service.api.deps import Services
 from service.errors import VectorEngineUnavailable
-from service.index.base import ReconcileReport, SearchHits, VectorIndex
+from service.index.base import IndexInfo, ReconcileReport, SearchHits, VectorIndex
 from service.main import create_app
 from service.settings import Settings
 
@@ -83,6 +83,10 @@ class FlakyEngine:
     def sizes(self, collection_pks: Sequence[int]) -> dict[int, int]:
         self._check()
         return self.inner.sizes(collection_pks)
+
+    def index_info(self, collection_pk: int) -> IndexInfo:
+        self._check()
+        return self.inner.index_info(collection_pk)
 
     def out_of_sync(self, collection_pks: Sequence[int]) -> list[int]:
         self._check()

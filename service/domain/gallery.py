@@ -202,9 +202,13 @@ class Gallery:
         sizes = self.indexes.sizes([c.pk for c in collections])
         return {c.name: sizes.get(c.pk, 0) for c in collections}
 
-    def index_info(self, collection_pk: int) -> IndexInfo:
-        """Which index serves the collection (exact or compressed), its parameters and state."""
-        return self.indexes.index_info(collection_pk)
+    def index_info(self, collection_pk: int) -> IndexInfo | None:
+        """Which index serves the collection (exact or compressed), its parameters and state; None
+        while the vector engine does not answer (the collection itself is read from the store)."""
+        try:
+            return self.indexes.index_info(collection_pk)
+        except VectorEngineUnavailable:
+            return None
 
     def compressed_index_states(self) -> dict[str, dict[str, object]]:
         """Per collection not served by the exact scan: its index kind, state and parameters."""

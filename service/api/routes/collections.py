@@ -104,12 +104,13 @@ def get_collection(collection: CollectionDep, services: ServicesDep) -> Collecti
     record = services.gallery.get_collection(collection)
     info = services.gallery.index_info(record.pk)
     out = collection_out(record, services)
-    out.index = IndexOut(
-        kind=info.kind,
-        state="building" if info.state == "building" else "ready",
-        faces=info.faces,
-        params=info.params,
-    )
+    if info is not None:  # None: the vector engine is not answering; the rest comes from the store
+        out.index = IndexOut(
+            kind=info.kind,
+            state="building" if info.state == "building" else "ready",
+            faces=info.faces,
+            params=info.params,
+        )
     return out
 
 
