@@ -36,6 +36,7 @@ from service.runtime.alignment import AlignmentTemplate
 from service.runtime.analyzer import AnalyzedFace, FaceAnalyzer
 from service.runtime.detector import load_detector
 from service.runtime.glibc import heap_trimmer
+from service.runtime.lifeline import die_with_parent
 from service.runtime.quality import QualityConfig
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ class AnalyzerSpec:
 _worker_analyzer: list[FaceAnalyzer] = []
 
 
-def _start_worker(spec: AnalyzerSpec) -> None:
+def _start_worker(spec: AnalyzerSpec, server_pid: int) -> None:
+    die_with_parent(server_pid)  # no orphan when the server is killed (SIGKILL, OOM)
     with contextlib.suppress(OSError):  # not allowed: run at normal priority
         os.nice(LARGE_LANE_NICE)
     _worker_analyzer.append(spec.build())
@@ -138,7 +140,7 @@ class ImageLanes:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(self._spec,),
+            initargs=(self._spec, os.getpid()),
         )
 
     def is_large(self, pixels: int) -> bool:
