@@ -19,6 +19,9 @@ FaceId = Annotated[
 SourceHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
 # Free text that every store keeps and every response can carry: no NUL, no lone surrogate.
 Text = Annotated[str, AfterValidator(clean_text)]
+# Every JSON request body: unknown members refused, and no type coercion (``true``, ``"0.5"`` are not
+# numbers, ``5`` is not a string), so what the OpenAPI document says is what the service accepts.
+REQUEST_BODY = ConfigDict(extra="forbid", strict=True)
 
 
 def _round_box(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
@@ -51,7 +54,7 @@ class Problem(BaseModel):
 
 
 class CollectionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     name: CollectionName
     description: Annotated[Text, Field(max_length=1024)] = ""
@@ -63,7 +66,7 @@ class CollectionCreate(BaseModel):
 class CollectionPatch(BaseModel):
     """Fields present are changed; ``identify_threshold: null`` returns to the service default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     identify_threshold: Distance | None = None
     description: Annotated[Text, Field(max_length=1024)] | None = None
@@ -98,7 +101,7 @@ class CollectionList(BaseModel):
 
 
 class SubjectCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     subject_id: SubjectId
     name: Annotated[Text, Field(max_length=256)] | None = None
@@ -106,7 +109,7 @@ class SubjectCreate(BaseModel):
 
 
 class SubjectPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     name: Annotated[Text, Field(max_length=256)] | None = None
     metadata: dict[str, Any] | None = None
