@@ -81,11 +81,15 @@ async def enroll_faces(
     collection: CollectionDep,
     subject_id: SubjectId,
     services: ServicesDep,
-    images: Annotated[list[UploadFile], File(description="One or more JPEG/PNG/WebP images")],
+    images: Annotated[list[UploadFile], File(min_length=1, description="One or more JPEG/PNG/WebP images")],
+    # A list, not nullable: a form field cannot carry JSON null (absent means none).
     source_hash: Annotated[
-        list[SourceHash] | None,
-        Form(description="Optional client-side sha256 per image, in order (64 hex digits)"),
-    ] = None,
+        list[SourceHash],
+        Form(
+            default_factory=list,
+            description="Optional client-side sha256 per image, in order (64 hex digits)",
+        ),
+    ],
     create_subject: Annotated[bool, Query(description="Create the subject if it does not exist")] = False,
     face_selection: Annotated[
         FaceSelection, Query(description="strict: exactly one face per image; largest: take the largest")
