@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT
+from service.testing.server import REPO_ROOT, ServerProcess, running_server
 from tests.helpers import group_photo, no_face_photo
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -62,17 +58,10 @@ def require_browser() -> None:
         pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Server:
     url: str
-    process: subprocess.Popen[bytes]
-    log: Path
+    process: ServerProcess
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"X-API-Key": API_KEY}, timeout=30)
@@ -82,45 +71,8 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     require_browser()
     data = tmp_path_factory.mktemp("console-server")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_")}
-    env.update(
-        {
-            "FACES_DATABASE_URL": f"sqlite:///{data}/faces.db",
-            "FACES_INDEX_DIR": str(data / "index"),
-            "FACES_API_KEYS": API_KEY,
-            "FACES_LOG_LEVEL": "WARNING",
-        }
-    )
-    log = data / "server.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    srv = Server(f"http://127.0.0.1:{port}", process, log)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{srv.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not ready:\n" + log.read_text()
-            time.sleep(0.2)
-        yield srv
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_server(data, env={"FACES_API_KEYS": API_KEY}) as process:
+        yield Server(process.url, process)
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +161,19 @@ for (const [name, b64] of files) {
 for (const type of ["dragenter", "dragover", "drop"]) {
   zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }));
 }
+"""
+
+
+GROW_FIRST_CARD = """
+const cards = [...document.querySelectorAll('.subject-card')];
+const heights = () => cards.map((c) => c.getBoundingClientRect().height);
+const before = heights();
+const filler = document.createElement('div');
+filler.style.height = '300px';
+cards[0].append(filler);
+const after = heights();
+filler.remove();
+return [before, after, cards.map((c) => c.getBoundingClientRect().top)];
 """
 
 
@@ -305,6 +270,9 @@ def test_console_full_flow(browser: Any, server: Server, lfw_image: LfwImage, tm
     assert "px face" in quality
     assert "passes the quality gate" in quality
     assert "1 rejected" in css(driver, "#enroll-status").text
+    # The new subject is counted in the collection picker of the same page, without a reload.
+    office_option = "#enroll-collection option[value='office']"
+    wait(driver, lambda d: css(d, office_option).text == "office (1 subject)", what="subject count refreshed")
     rows = enroll_in_browser(
         driver,
         server,
@@ -314,6 +282,7 @@ def test_console_full_flow(browser: Any, server: Server, lfw_image: LfwImage, tm
         drop=True,
     )
     assert all(r.find_element("css selector", "td.result").text.startswith("Enrolled") for r in rows)
+    wait(driver, lambda d: css(d, office_option).text == "office (2 subjects)", what="second subject counted")
 
     # 4. Identify a three-person photo: a box per face, labelled with the name or "unknown".
     group = photo_file(
@@ -343,6 +312,14 @@ def test_console_full_flow(browser: Any, server: Server, lfw_image: LfwImage, tm
     SCREENSHOT.parent.mkdir(exist_ok=True)
     assert driver.save_screenshot(str(SCREENSHOT))
 
+    # A collection asked for by name that does not exist is said not to exist (not silently swapped),
+    # with a link to each one that does.
+    go(driver, server, "/identify?collection=nope", "#collection-missing")
+    assert "“nope” does not exist" in css(driver, "#collection-missing").text
+    assert not css_all(driver, "#identify-photo")
+    css(driver, "#collection-missing a[href*='collection=office']").click()
+    wait(driver, lambda d: css(d, "#identify-collection").get_attribute("value") == "office", what="office")
+
     # 5. Verify: two photos of the same person, then two different people.
     go(driver, server, "/verify", "#verify-photo-a")
     css(driver, "#verify-photo-a").send_keys(str(lfw_image("Serena_Williams", 3)))
@@ -362,6 +339,11 @@ def test_console_full_flow(browser: Any, server: Server, lfw_image: LfwImage, tm
     loaded = "return [...document.querySelectorAll('img.thumbnail')].map(i => i.naturalWidth)"
     wait(driver, lambda d: d.execute_script(loaded) == [112] * 4, what="4 thumbnails")
     assert subjects_shown(driver) == ["Colin_Powell", "Serena_Williams"]
+    # A card is as tall as its own content: one card growing does not stretch its row neighbour.
+    before, after, tops = driver.execute_script(GROW_FIRST_CARD)
+    assert tops[0] == tops[1], "the two cards should share a row at 1280 px"
+    assert after[0] >= before[0] + 300
+    assert after[1] == before[1], (before, after)
     css(driver, "#subject-search").send_keys("ser", Keys.ENTER)
     wait(driver, lambda d: subjects_shown(d) == ["Serena_Williams"], what="search result")
     go(driver, server, "/collections/office", "#subject-list")

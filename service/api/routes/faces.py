@@ -31,7 +31,7 @@ from service.domain.enroll import (
     enroll_images,
     quality_dict,
 )
-from service.errors import InvalidRequest, ThumbnailsDisabled
+from service.errors import InvalidRequest, SubjectNotFound, ThumbnailsDisabled
 from service.storage.records import FaceRecord
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
@@ -111,17 +111,23 @@ async def enroll_faces(
         )
         for i, upload in enumerate(images)
     ]
-    outcomes = await enroll_images(
-        services.engine,
-        services.gallery,
-        collection,
-        subject_id,
-        uploads,
-        selection=face_selection,
-        create_subject=create_subject,
-        max_upload_bytes=settings.max_upload_bytes,
-        keep_thumbnails=settings.thumbnails_enabled,
-    )
+    try:
+        outcomes = await enroll_images(
+            services.engine,
+            services.gallery,
+            collection,
+            subject_id,
+            uploads,
+            selection=face_selection,
+            create_subject=create_subject,
+            max_upload_bytes=settings.max_upload_bytes,
+            keep_thumbnails=settings.thumbnails_enabled,
+        )
+    except SubjectNotFound as exc:  # the one route where the fix is a query parameter away
+        raise SubjectNotFound(
+            f"Subject '{subject_id}' not found in '{collection}'; add create_subject=true to the query "
+            "to create it with these faces."
+        ) from exc
     results = [_result(o) for o in outcomes]
     enrolled = sum(1 for r in results if r.status == "enrolled")
     body = EnrollResponse(
@@ -140,12 +146,14 @@ async def enroll_faces(
 
 @router.get("/subjects/{subject_id}/faces", response_model=FaceList, responses=_READ)
 def list_faces(collection: CollectionDep, subject_id: SubjectId, services: ServicesDep) -> FaceList:
-    return FaceList(faces=[face_out(r) for r in services.gallery.store.list_faces(collection, subject_id)])
+    return FaceList(
+        faces=[face_out(r) for r in services.gallery.store.faces.list_faces(collection, subject_id)]
+    )
 
 
 @router.get("/faces/{face_id}", response_model=FaceOut, responses=_READ)
 def get_face(collection: CollectionDep, face_id: FaceId, services: ServicesDep) -> FaceOut:
-    return face_out(services.gallery.store.get_face(collection, face_id))
+    return face_out(services.gallery.store.faces.get_face(collection, face_id))
 
 
 @router.delete("/faces/{face_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_READ)
@@ -167,6 +175,6 @@ def face_thumbnail(collection: CollectionDep, face_id: FaceId, services: Service
     """The aligned crop kept at enrollment (unless FACES_THUMBNAILS_ENABLED=false)."""
     if not services.settings.thumbnails_enabled:
         raise ThumbnailsDisabled("Face thumbnails are turned off on this server.")
-    jpeg = services.gallery.store.get_thumbnail(collection, face_id)
+    jpeg = services.gallery.store.faces.get_thumbnail(collection, face_id)
     # Private: the crop is a face; a face id never gets other content, so it may be cached a while.
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
