@@ -30,6 +30,7 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     422: "validation_error",
     503: "not_ready",
+    507: "insufficient_storage",
 }
 
 
@@ -137,6 +138,7 @@ _DESCRIPTIONS = {
     415: "Not a JPEG, PNG or WebP image, or a JSON body sent without Content-Type: application/json",
     422: "Invalid parameters or body, or an image without a usable face",
     503: "The service is starting",
+    507: "The store's disk or quota is full: nothing was written (reads and identify keep working)",
 }
 
 

@@ -69,7 +69,7 @@ def _result(outcome: ImageOutcome) -> EnrollResult:
     status_code=status.HTTP_201_CREATED,
     response_model=EnrollResponse,
     responses={
-        **problem_responses(400, 401, 403, 404, 413, 415, 503),
+        **problem_responses(400, 401, 403, 404, 413, 415, 503, 507),
         422: {
             "model": Problem,
             "description": "Invalid parameters, or no image could be enrolled (per-image results inside)",
@@ -156,7 +156,9 @@ def get_face(collection: CollectionDep, face_id: FaceId, services: ServicesDep) 
     return face_out(services.gallery.store.faces.get_face(collection, face_id))
 
 
-@router.delete("/faces/{face_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_READ)
+@router.delete(
+    "/faces/{face_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**_READ, **problem_responses(507)}
+)
 def delete_face(collection: CollectionDep, face_id: FaceId, services: ServicesDep) -> Response:
     services.gallery.delete_face(collection, face_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
