@@ -669,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main_faults(args: argparse.Namespace, argv: list[str] | None) -> int:
-    report = start_report("bench_hostile_faults", argv)
+    report = start_report("bench_hostile", argv, tag="faults")
     started = time.perf_counter()
     runs = [hostile_faults.run_faults(args.label, None, args.lfw_root)]
     if args.baseline_root is not None:
