@@ -12,7 +12,8 @@ with the server, and a deprioritised thread waiting for the GIL makes CPython's 
 for it, so it slows everyone else (measured: p99 of a concurrent identify 2.8x idle at nice 10,
 4.7x at nice 19, 1.8x in a process). The process also keeps the giant decode buffers out of the
 server's heap. It starts on the first large image (about a second) and stops after
-``LARGE_WORKER_IDLE_S`` without one, so its memory goes back to the OS too.
+``LARGE_WORKER_IDLE_S`` without one, so its memory goes back to the OS too. It dies with the server
+however the server dies (service/runtime/lifeline.py), so a crash leaves no orphan behind.
 """
 
 from __future__ import annotations
