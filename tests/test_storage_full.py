@@ -1,15 +1,17 @@
 """A full disk is a clear answer: 507 insufficient_storage naming what is full, never a 500.
 
-The SQLite store and the FAISS snapshot directory live on a small tmpfs (mounting needs root:
-skipped where it is not allowed, except under CI=true where it must run). PostgreSQL's disk_full
-(SQLSTATE 53100) is raised by a real server through the same engine hook.
+The SQLite store, a PostgreSQL cluster's data files and the FAISS snapshot directory live on a small
+tmpfs (mounting needs root: skipped where it is not allowed, except under CI=true where it must run).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import sqlite3
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,26 +24,28 @@ from sqlalchemy import text
 from service.errors import InsufficientStorage
 from service.main import create_app
 from service.storage.store import FaceStore
-from tests.postgres import create_database
+from tests.postgres import create_database, pg_bin, postgres_server
 from tests.test_api import assert_problem, make_settings
 
 Mount = Callable[[str], Path]
 
 
 @pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Mount]:
-    """``mount("2m")``: a fresh tmpfs of that size, unmounted afterwards."""
+def tmpfs() -> Iterator[Mount]:
+    """``mount("2m")``: a fresh tmpfs of that size, unmounted afterwards. Directly under /tmp and
+    traversable, so the 'postgres' account can use it too (pytest's temp dirs are private)."""
     mounted: list[Path] = []
 
     def mount(size: str) -> Path:
-        target = tmp_path / f"tmpfs-{len(mounted)}"
-        target.mkdir()
+        target = Path(tempfile.mkdtemp(prefix="faces-tmpfs-"))
+        target.chmod(0o755)
         done = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
             capture_output=True,
             text=True,
         )
         if done.returncode != 0:
+            target.rmdir()
             if os.environ.get("CI") == "true":
                 pytest.fail(f"cannot mount a tmpfs under CI: {done.stderr.strip()}")
             pytest.skip(f"mounting a tmpfs is not allowed here: {done.stderr.strip()}")
@@ -51,6 +55,8 @@ def tmpfs(tmp_path: Path) -> Iterator[Mount]:
     yield mount
     for target in reversed(mounted):
         subprocess.run(["umount", "-l", str(target)], check=False)
+        with contextlib.suppress(OSError):
+            target.rmdir()
 
 
 def _photos(lfw_root: Path, count: int) -> list[tuple[str, bytes]]:
@@ -117,6 +123,46 @@ def test_sqlite_on_a_full_disk_answers_507_keeps_serving_and_recovers(
         assert client.get("/v1/collections/full").json()["face_count"] == len(enrolled)
         assert client.get("/readyz").json()["checks"]["index"] == "in_sync"
     assert sqlite3.connect(volume / "faces.db").execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_postgresql_on_a_full_disk_answers_507_deletes_and_recovers(
+    tmpfs: Mount, tmp_path: Path, lfw_root: Path
+) -> None:
+    """PostgreSQL's data files on a 64 MB tmpfs (its WAL elsewhere: a server that cannot write its
+    WAL stops, which no API answer can help): disk_full (53100) → 507; deletes need no new space."""
+    if pg_bin() is None and os.environ.get("CI") != "true":
+        pytest.skip("PostgreSQL binaries not installed")
+    volume = tmpfs("64m")
+    photos = _photos(lfw_root, 150)
+    with (
+        postgres_server(data_volume=volume) as url,
+        TestClient(create_app(make_settings(tmp_path, database_url=url))) as client,
+    ):
+        assert client.post("/v1/collections", json={"name": "full"}).status_code == 201
+        filler = volume / "filler"
+        filler.write_bytes(b"\0" * (shutil.disk_usage(volume).free - 300_000))
+        enrolled: list[str] = []
+        refused = None
+        for person, data in photos:
+            response = _enroll(client, person, data)
+            if response.status_code != 201:
+                refused = response
+                break
+            enrolled.append(person)
+        assert refused is not None, "the volume never filled"
+        body = assert_problem(refused, 507, "insufficient_storage")
+        assert body["storage"] == "store"
+        assert "53100" in body["detail"]
+        assert client.get("/v1/collections/full").json()["face_count"] == len(enrolled)
+        probe = client.post(
+            "/v1/collections/full/identify", files={"image": ("p.jpg", photos[0][1], "image/jpeg")}
+        )
+        assert probe.json()["faces"][0]["match"]["subject_id"] == enrolled[0]
+        assert client.delete(f"/v1/collections/full/subjects/{enrolled[0]}").status_code == 204
+        filler.unlink()
+        person, data = photos[len(enrolled)]
+        assert _enroll(client, person, data).status_code == 201
+        assert client.get("/readyz").json()["checks"]["index"] == "in_sync"
 
 
 def test_a_full_snapshot_directory_does_not_fail_shutdown_and_the_index_is_rebuilt(
