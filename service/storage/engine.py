@@ -10,12 +10,13 @@ driver error that would be a 500.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.engine import Connection, ExceptionContext
 
 from service.errors import InsufficientStorage
 
@@ -32,6 +33,10 @@ _SQLITE_NOTE = (
     "; deleting needs free space too, because SQLite writes every change, deletes included, to its "
     "write-ahead log first (the operator's steps are in the README, section Reliability)"
 )
+
+# Run inside a write's own transaction with what it wrote (an Idempotency-Key completion,
+# service/domain/idempotency.py): it commits or rolls back with the write.
+InTransaction = Callable[[Connection, Any], None]
 
 
 def utc_now() -> datetime:
