@@ -79,7 +79,7 @@ class FaceRepository:
         with self._engine.begin() as conn:
             row = _face_row(conn, collection, face_id)
             conn.execute(delete(faces_table).where(faces_table.c.pk == row.pk))
-            bump_revision(conn, int(row.collection_pk))
+            bump_revision(conn, int(row.collection_pk), -1)
             return _face_record(row)
 
     def subject_embeddings(self, collection: str, subject_id: str) -> tuple[list[str], NDArray[np.float32]]:
@@ -216,7 +216,7 @@ def insert_faces(
             )
         )
     if records:
-        bump_revision(conn, coll_pk)
+        bump_revision(conn, coll_pk, len(records))
     return records
 
 
