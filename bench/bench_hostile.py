@@ -10,6 +10,7 @@ time; per server: peak and settled RSS. ``--baseline-root`` runs the same agains
 (e.g. the commit before a change) in the same run, side by side.
 
     python -m bench.bench_hostile
+    python -m bench.bench_hostile --faults --baseline-root DIR   # issue 18's faults only (hostile_faults.py)
     git archive <commit> | tar -x -C /tmp/before && python -m bench.bench_hostile --baseline-root /tmp/before
 
 ``--engine-outage`` runs instead the vector-engine outage lane (bench/hostile_outage.py): a server on
@@ -37,6 +38,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from bench import hostile_faults
 from bench.common import (
     DEFAULT_LFW_ROOT,
     REPO_ROOT,
@@ -625,6 +627,12 @@ def main(argv: list[str] | None = None) -> int:
         "--report-only", action="store_true", help="rebuild the tables from bench/results/bench_hostile.json"
     )
     parser.add_argument(
+        "--faults",
+        action="store_true",
+        help="only the faults of issue 18 (wrong JSON types, orphans after SIGKILL, full disk); "
+        "its own README block",
+    )
+    parser.add_argument(
         "--engine-outage",
         action="store_true",
         help="run the vector-engine outage lane (a real Milvus server) instead of the hostile inputs",
@@ -645,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.readme:
             update_readme(REPO_ROOT / "README.md", saved, runs)
         return 0
+    if args.faults:
+        return _main_faults(args, argv)
     if args.engine_outage:
         return _engine_outage(args, argv)
     report = start_report("bench_hostile", argv)
@@ -669,6 +679,23 @@ def main(argv: list[str] | None = None) -> int:
     finish_report(report, started)
     if args.readme and update_readme(REPO_ROOT / "README.md", report, runs):
         print("README.md reliability tables rewritten")
+    return 0
+
+
+def _main_faults(args: argparse.Namespace, argv: list[str] | None) -> int:
+    report = start_report("bench_hostile", argv, tag="faults")
+    started = time.perf_counter()
+    runs = [hostile_faults.run_faults(args.label, None, args.lfw_root)]
+    if args.baseline_root is not None:
+        runs.append(
+            hostile_faults.run_faults(args.baseline_label, args.baseline_root.resolve(), args.lfw_root)
+        )
+    table = hostile_faults.faults_table(runs)
+    report.tables = [table]
+    report.raw = {"runs": [asdict(run) for run in runs]}
+    finish_report(report, started)
+    if args.readme and hostile_faults.update_readme(REPO_ROOT / "README.md", report.command, table):
+        print("README.md faults table rewritten")
     return 0
 
 

@@ -24,6 +24,7 @@ from service.runtime.onnx_session import active_provider
 from service.runtime.quality import QualityConfig
 from service.settings import Settings
 from service.storage.store import FaceStore
+from service.storage.subject_repair import MetadataBounds
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,10 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         ),
         on_faces=metrics.faces_detected.inc,
     )
-    store = FaceStore.from_url(settings.database_url)
+    store = FaceStore.from_url(
+        settings.database_url,
+        metadata_bounds=MetadataBounds(settings.max_metadata_depth, settings.max_metadata_bytes),
+    )
     indexes = build_vector_index(settings, store, card.embedding_dim)
     indexes.load_all([c.pk for c in store.collections.list_collections()])
     gallery = Gallery(store, indexes)

@@ -178,6 +178,14 @@ class InvalidModelCard(ServiceError):
     code, status, title = "invalid_model_card", 500, "Invalid model card"
 
 
+class InsufficientStorage(ServiceError):
+    """A write found the disk (or quota) of the store full; it was rolled back, nothing is half-written.
+
+    ``storage`` names what is full ("store"). Reads, identify and verify keep working."""
+
+    code, status, title = "insufficient_storage", 507, "Insufficient storage"
+
+
 class VectorEngineUnavailable(ServiceError):
     """The vector engine (Milvus) did not answer; the store, the source of truth, is unaffected.
 

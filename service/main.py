@@ -17,6 +17,7 @@ from swagger_ui_bundle import swagger_ui_path
 from service.api.auth import ApiKeyAuth, KeyRing
 from service.api.content_type import require_json_content_type
 from service.api.middleware import BodySizeLimit, InternalErrorGuard, RequestMetrics
+from service.api.openapi_doc import with_links
 from service.api.problems import install_problem_handlers, problem_openapi
 from service.api.routes import collections, faces, health, identify, subjects, verify
 from service.bootstrap import build_services
@@ -131,7 +132,9 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.console_enabled:
         mount_console(app)
     _serve_docs(app)
-    app.openapi = problem_openapi(app)  # type: ignore[method-assign]
+    app.openapi = with_links(  # type: ignore[method-assign]
+        problem_openapi(app), max_images=settings.max_images_per_request
+    )
     upload_limit = settings.max_upload_bytes * settings.max_images_per_request + 1024 * 1024
     # Added innermost first: guard → metrics → auth (before any body) → body limits → routes.
     app.add_middleware(

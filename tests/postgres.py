@@ -40,19 +40,26 @@ def _as_postgres_user(cmd: list[str]) -> list[str]:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Yields a SQLAlchemy URL of a fresh database; the server is stopped and removed afterwards."""
+def postgres_server(data_volume: Path | None = None) -> Iterator[str]:
+    """Yields a SQLAlchemy URL of a fresh database; the server is stopped and removed afterwards.
+
+    ``data_volume``: a directory (e.g. a small tmpfs) for the cluster's data files, its write-ahead
+    log staying in the temp dir, so filling the volume fails statements with disk_full (53100)
+    instead of stopping the server (PostgreSQL stops when it cannot write its WAL)."""
     binaries = pg_bin()
     if binaries is None:
         raise RuntimeError("PostgreSQL binaries (initdb) not found")
     # Directly under /tmp: the 'postgres' account cannot traverse pytest's private (0700) temp dirs.
     base = Path(tempfile.mkdtemp(prefix="faces-pg-"))
-    data = base / "pgdata"
+    data = base / "pgdata" if data_volume is None else data_volume / "pgdata"
+    wal = [] if data_volume is None else ["--waldir", str(base / "pg_wal")]
     if os.geteuid() == 0:
         shutil.chown(base, user="postgres")
+        if data_volume is not None:
+            shutil.chown(data_volume, user="postgres")
     subprocess.run(
         _as_postgres_user(
-            [str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync"]
+            [str(binaries / "initdb"), "-D", str(data), *wal, "-A", "trust", "-U", "postgres", "--no-sync"]
         ),
         check=True,
         capture_output=True,

@@ -29,10 +29,16 @@ logger = logging.getLogger(__name__)
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
+# What parse_key accepts, for the OpenAPI document (parse_key enforces it, 400 otherwise): a bare
+# token of visible ASCII without quotes, backslashes, commas or semicolons, or a Structured Field
+# string (printable ASCII, \" and \\ escaped), 1 to 255 characters either way.
+IDEMPOTENCY_KEY_PATTERN = r'^(?:[!#-+\--:<-\[\]-~]{1,255}|"(?:[ !#-\[\]-~]|\\["\\]){1,255}")$'
+
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias=IDEMPOTENCY_KEY_HEADER,
+        json_schema_extra={"pattern": IDEMPOTENCY_KEY_PATTERN},
         description=(
             "Makes the request safe to retry (IETF draft 'The Idempotency-Key HTTP Header Field'): a unique "
             'string per request, e.g. a UUID, as a Structured Field string ("...") or a bare token, 1-255 '

@@ -30,6 +30,7 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     422: "validation_error",
     503: "not_ready",
+    507: "insufficient_storage",
 }
 
 
@@ -139,6 +140,7 @@ _DESCRIPTIONS = {
     422: "Invalid parameters or body, an image without a usable face, or an Idempotency-Key used "
     "before for another request",
     503: "The service is starting",
+    507: "The store's disk or quota is full: nothing was written (reads and identify keep working)",
 }
 
 

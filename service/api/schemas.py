@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from service.api.validation import clean_text
 from service.domain.calibration import WithheldReason
@@ -19,8 +19,30 @@ FaceId = Annotated[
 ]
 # sha256 of the file as 64 hex digits; stored lowercase.
 SourceHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
-# Free text that every store keeps and every response can carry: no NUL, no lone surrogate.
-Text = Annotated[str, AfterValidator(clean_text)]
+# Free text that every store keeps and every response can carry: no NUL, no lone surrogate. The
+# pattern documents the rule in the OpenAPI document; ``clean_text`` enforces it.
+SAFE_TEXT_PATTERN = "^[^\\u0000\\ud800-\\udfff]*$"
+Text = Annotated[
+    str, AfterValidator(clean_text), WithJsonSchema({"type": "string", "pattern": SAFE_TEXT_PATTERN})
+]
+# Subject metadata: any JSON object whose keys and strings, at every depth, are such text
+# (service/api/openapi_doc.py declares MetadataValue); depth and size are bounded by settings and
+# checked by the subjects routes (service/api/validation.py check_metadata).
+Metadata = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": SAFE_TEXT_PATTERN},
+            "additionalProperties": {"$ref": "#/components/schemas/MetadataValue"},
+            "description": "Free JSON object (nesting and size are bounded: FACES_MAX_METADATA_DEPTH, "
+            "FACES_MAX_METADATA_BYTES)",
+        }
+    ),
+]
+# Every JSON request body: unknown members refused, and no type coercion (``true``, ``"0.5"`` are not
+# numbers, ``5`` is not a string), so what the OpenAPI document says is what the service accepts.
+REQUEST_BODY = ConfigDict(extra="forbid", strict=True)
 
 
 def _round_box(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
@@ -53,7 +75,7 @@ class Problem(BaseModel):
 
 
 class CollectionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     name: CollectionName
     description: Annotated[Text, Field(max_length=1024)] = ""
@@ -65,7 +87,7 @@ class CollectionCreate(BaseModel):
 class CollectionPatch(BaseModel):
     """Fields present are changed; ``identify_threshold: null`` returns to the service default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     identify_threshold: Distance | None = None
     description: Annotated[Text, Field(max_length=1024)] | None = None
@@ -123,18 +145,18 @@ class CollectionList(BaseModel):
 
 
 class SubjectCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     subject_id: SubjectId
     name: Annotated[Text, Field(max_length=256)] | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class SubjectPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST_BODY
 
     name: Annotated[Text, Field(max_length=256)] | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class SubjectOut(BaseModel):

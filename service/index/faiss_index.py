@@ -645,25 +645,45 @@ class IndexRegistry:
         return [pk for pk, n in self.sizes(collection_pks).items() if n != self._store.face_count(pk)]
 
     def save_snapshots(self) -> None:
-        """Persist every index with the store revision it reflects (on clean shutdown)."""
-        self._dir.mkdir(parents=True, exist_ok=True)
+        """Persist every index with the store revision it reflects (on clean shutdown).
+
+        A snapshot is only a head start for the next start-up. When its directory is full (or
+        unwritable) the partial files are removed and the shutdown goes on: the old snapshot's
+        manifest no longer matches the store's revision, so that collection is rebuilt from the
+        store at the next start-up."""
+        try:
+            self._dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            logger.error("index snapshot directory %s unusable (%s): no snapshot saved", self._dir, exc)
+            return
         with self._lock:
             indexes = list(self._indexes.items())
         for pk, index in indexes:
             revision = self._store.collection_revision(pk)
             if index.ntotal != self._store.face_count(pk):
                 continue
-            if isinstance(index, CompressedCollectionIndex):
-                index.save(self._compressed_path(pk), index.manifest(pk, revision))
-                for path in self._paths(pk):
-                    _remove_snapshot(path)
-                continue
             index_path, manifest_path = self._paths(pk)
-            index.save(index_path)
-            manifest = SnapshotManifest(pk, revision, index.ntotal, self._dim)
-            tmp = manifest_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(dataclasses.asdict(manifest)))
-            tmp.replace(manifest_path)
+            try:
+                if isinstance(index, CompressedCollectionIndex):
+                    index.save(self._compressed_path(pk), index.manifest(pk, revision))
+                    for path in self._paths(pk):
+                        _remove_snapshot(path)
+                    continue
+                index.save(index_path)
+                manifest = SnapshotManifest(pk, revision, index.ntotal, self._dim)
+                tmp = manifest_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(dataclasses.asdict(manifest)))
+                tmp.replace(manifest_path)
+            except (OSError, RuntimeError) as exc:  # faiss reports a failed write as RuntimeError
+                for partial in self._dir.glob("*.tmp*"):  # this shutdown's half-written files
+                    partial.unlink(missing_ok=True)
+                logger.error(
+                    "index snapshot of collection %d not saved in %s (%s); free space there. It is rebuilt "
+                    "from the store at the next start-up.",
+                    pk,
+                    self._dir,
+                    str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__,
+                )
 
     def _new_index(self) -> CollectionIndex:
         return CollectionIndex(

@@ -12,7 +12,8 @@ with the server, and a deprioritised thread waiting for the GIL makes CPython's 
 for it, so it slows everyone else (measured: p99 of a concurrent identify 2.8x idle at nice 10,
 4.7x at nice 19, 1.8x in a process). The process also keeps the giant decode buffers out of the
 server's heap. It starts on the first large image (about a second) and stops after
-``LARGE_WORKER_IDLE_S`` without one, so its memory goes back to the OS too.
+``LARGE_WORKER_IDLE_S`` without one, so its memory goes back to the OS too. It dies with the server
+however the server dies (service/runtime/lifeline.py), so a crash leaves no orphan behind.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from service.runtime.alignment import AlignmentTemplate
 from service.runtime.analyzer import AnalyzedFace, FaceAnalyzer
 from service.runtime.detector import load_detector
 from service.runtime.glibc import heap_trimmer
+from service.runtime.lifeline import die_with_parent
 from service.runtime.quality import QualityConfig
 
 logger = logging.getLogger(__name__)
@@ -83,7 +85,8 @@ class AnalyzerSpec:
 _worker_analyzer: list[FaceAnalyzer] = []
 
 
-def _start_worker(spec: AnalyzerSpec) -> None:
+def _start_worker(spec: AnalyzerSpec, server_pid: int) -> None:
+    die_with_parent(server_pid)  # no orphan when the server is killed (SIGKILL, OOM)
     with contextlib.suppress(OSError):  # not allowed: run at normal priority
         os.nice(LARGE_LANE_NICE)
     _worker_analyzer.append(spec.build())
@@ -138,7 +141,7 @@ class ImageLanes:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(self._spec,),
+            initargs=(self._spec, os.getpid()),
         )
 
     def is_large(self, pixels: int) -> bool:

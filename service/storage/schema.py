@@ -38,6 +38,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError
 
+from service.storage.subject_repair import MetadataBounds, repair_subjects
+
 logger = logging.getLogger(__name__)
 
 metadata_obj = MetaData()
@@ -249,11 +251,26 @@ class MigrationStep:
     apply: Callable[[Engine], str | None]
 
 
-# Run in this order at every start-up, after the missing tables are created. Append new steps.
-MIGRATIONS: tuple[MigrationStep, ...] = (
-    MigrationStep("additive-columns", _add_missing_columns),
-    MigrationStep("counters", _recount),
-)
+def _repair_subjects(bounds: MetadataBounds) -> Callable[[Engine], str | None]:
+    def apply(engine: Engine) -> str | None:
+        repaired = repair_subjects(engine, subjects_table, collections_table, bounds)
+        return f"repaired {repaired} subject(s) that could not be served" if repaired else None
+
+    return apply
+
+
+def migrations(subject_bounds: MetadataBounds | None = None) -> tuple[MigrationStep, ...]:
+    """The steps, run in this order at every start-up after the missing tables are created; append
+    new ones. ``subject_bounds``: the metadata the service accepts (default: only what no
+    configuration can serve is repaired; see service/storage/subject_repair.py)."""
+    return (
+        MigrationStep("additive-columns", _add_missing_columns),
+        MigrationStep("counters", _recount),
+        MigrationStep("repair-unservable-subjects", _repair_subjects(subject_bounds or MetadataBounds())),
+    )
+
+
+MIGRATIONS: tuple[MigrationStep, ...] = migrations()
 
 
 def migrate(engine: Engine, steps: tuple[MigrationStep, ...] = MIGRATIONS) -> list[tuple[str, str]]:

@@ -21,7 +21,8 @@ from service.storage.collections import CollectionRepository
 from service.storage.engine import make_engine
 from service.storage.faces import FaceRepository
 from service.storage.idempotency import IdempotencyRepository
-from service.storage.schema import migrate
+from service.storage.schema import migrate, migrations
+from service.storage.subject_repair import MetadataBounds
 from service.storage.subjects import SubjectRepository
 from service.storage.vector_writes import VectorWriteRepository
 
@@ -39,10 +40,11 @@ class FaceStore:
         self.idempotency = IdempotencyRepository(engine)
 
     @classmethod
-    def from_url(cls, url: str) -> FaceStore:
-        """The store of ``url``, its schema created or brought up to date."""
+    def from_url(cls, url: str, *, metadata_bounds: MetadataBounds | None = None) -> FaceStore:
+        """The store of ``url``, its schema created or brought up to date; ``metadata_bounds``: the
+        subject metadata the service accepts (stored rows beyond them are repaired)."""
         store = cls(make_engine(url))
-        store.create_schema()
+        store.create_schema(metadata_bounds)
         return store
 
     @property
@@ -53,9 +55,9 @@ class FaceStore:
     def dialect(self) -> str:
         return self._engine.dialect.name
 
-    def create_schema(self) -> None:
+    def create_schema(self, metadata_bounds: MetadataBounds | None = None) -> None:
         """Create missing tables and run the start-up migrations (each logs what it changed)."""
-        migrate(self._engine)
+        migrate(self._engine, migrations(metadata_bounds))
 
     def close(self) -> None:
         self._engine.dispose()

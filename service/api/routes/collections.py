@@ -65,7 +65,7 @@ def collection_out(record: CollectionRecord, services: Services) -> CollectionOu
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=CollectionOut,
-    responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
+    responses=problem_responses(400, 401, 403, 409, 413, 422, 503, 507),
 )
 def create_collection(
     request: Request,
@@ -117,7 +117,7 @@ def get_collection(collection: CollectionDep, services: ServicesDep) -> Collecti
 @router.patch(
     "/{collection}",
     response_model=CollectionOut,
-    responses=problem_responses(400, 401, 403, 404, 413, 422, 503),
+    responses=problem_responses(400, 401, 403, 404, 413, 422, 503, 507),
 )
 def patch_collection(
     collection: CollectionDep, body: CollectionPatch, services: ServicesDep
@@ -130,7 +130,9 @@ def patch_collection(
 
 
 @router.delete(
-    "/{collection}", status_code=status.HTTP_204_NO_CONTENT, responses={**_ONE, **DELETED_PENDING_INDEX}
+    "/{collection}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**_ONE, **DELETED_PENDING_INDEX, **problem_responses(507)},
 )
 def delete_collection(collection: CollectionDep, services: ServicesDep) -> Response:
     if services.gallery.delete_collection(collection):
@@ -152,7 +154,7 @@ def operating_point_out(point: OperatingPoint) -> OperatingPointOut:
     "/{collection}/calibrate",
     response_model=CalibrationOut,
     responses={
-        **problem_responses(400, 401, 403, 404, 413, 503),
+        **problem_responses(400, 401, 403, 404, 413, 503, 507),
         422: {"model": Problem, "description": "Invalid parameters, or too few subjects/faces to calibrate"},
         429: {"model": Problem, "description": "Another calibration is running"},
     },

@@ -74,7 +74,7 @@ def _result(outcome: ImageOutcome) -> EnrollResult:
     status_code=status.HTTP_201_CREATED,
     response_model=EnrollResponse,
     responses={
-        **problem_responses(400, 401, 403, 404, 409, 413, 415, 503),
+        **problem_responses(400, 401, 403, 404, 409, 413, 415, 503, 507),
         422: {
             "model": Problem,
             "description": "Invalid parameters, no image could be enrolled (per-image results inside), or "
@@ -88,11 +88,15 @@ async def enroll_faces(
     subject_id: SubjectId,
     services: ServicesDep,
     caller: CallerDep,
-    images: Annotated[list[UploadFile], File(description="One or more JPEG/PNG/WebP images")],
+    images: Annotated[list[UploadFile], File(min_length=1, description="One or more JPEG/PNG/WebP images")],
+    # A list, not nullable: a form field cannot carry JSON null (absent means none).
     source_hash: Annotated[
-        list[SourceHash] | None,
-        Form(description="Optional client-side sha256 per image, in order (64 hex digits)"),
-    ] = None,
+        list[SourceHash],
+        Form(
+            default_factory=list,
+            description="Optional client-side sha256 per image, in order (64 hex digits)",
+        ),
+    ],
     create_subject: Annotated[bool, Query(description="Create the subject if it does not exist")] = False,
     face_selection: Annotated[
         FaceSelection, Query(description="strict: exactly one face per image; largest: take the largest")
@@ -183,7 +187,9 @@ def get_face(collection: CollectionDep, face_id: FaceId, services: ServicesDep) 
 
 
 @router.delete(
-    "/faces/{face_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**_READ, **DELETED_PENDING_INDEX}
+    "/faces/{face_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**_READ, **DELETED_PENDING_INDEX, **problem_responses(507)},
 )
 def delete_face(collection: CollectionDep, face_id: FaceId, services: ServicesDep) -> Response:
     if services.gallery.delete_face(collection, face_id):

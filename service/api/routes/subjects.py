@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/collections/{collection}/subjects", tags=["subjec
 # Past any real collection, and inside every store's 64-bit integers.
 MAX_OFFSET = 2**31 - 1
 _READ = problem_responses(401, 403, 404, 422, 503)
-_WRITE = problem_responses(400, 401, 403, 404, 413, 422, 503)
+_WRITE = problem_responses(400, 401, 403, 404, 413, 422, 503, 507)
 
 
 def _check_metadata(metadata: dict[str, Any], settings: Settings) -> None:
@@ -100,7 +100,9 @@ def update_subject(
 
 
 @router.delete(
-    "/{subject_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**_READ, **DELETED_PENDING_INDEX}
+    "/{subject_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={**_READ, **DELETED_PENDING_INDEX, **problem_responses(507)},
 )
 def delete_subject(collection: CollectionDep, subject_id: SubjectId, services: ServicesDep) -> Response:
     if services.gallery.delete_subject(collection, subject_id):
