@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from service.errors import (
     CollectionExists,
@@ -98,13 +99,19 @@ faces_table = Table(
     Column("pk", _Id, primary_key=True, autoincrement=True),
     Column("face_id", String(36), nullable=False, unique=True),
     Column("collection_pk", _Id, ForeignKey("collections.pk", ondelete="CASCADE"), nullable=False),
-    Column("subject_pk", _Id, ForeignKey("subjects.pk", ondelete="CASCADE"), nullable=False),
+    # NULL: a free-standing face (indexed through the Rekognition-compatible API without a user):
+    # stored, listed and searchable face by face, but no subject's (not an identify candidate).
+    # Nullable since the Rekognition API; ``relax_face_subject`` upgrades older databases.
+    Column("subject_pk", _Id, ForeignKey("subjects.pk", ondelete="CASCADE"), nullable=True),
     Column("embedding", LargeBinary, nullable=False),
     Column("box", JSON, nullable=False),
     Column("quality", JSON, nullable=False),
     Column("source_hash", String(64), nullable=True),
     Column("source_name", String(512), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Rekognition's ExternalImageId (the client's name for the image) and ImageId (one per upload).
+    Column("external_image_id", String(255), nullable=True),
+    Column("image_id", String(36), nullable=True),
     Index("ix_faces_collection", "collection_pk", "pk"),
     Index("ix_faces_subject", "subject_pk"),
     # Never reuse a pk: FAISS ids and snapshots must not alias a deleted row.
@@ -167,6 +174,60 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
+def relax_face_subject(engine: Engine) -> bool:
+    """Make ``faces.subject_pk`` nullable on a database made before free-standing faces; True if changed.
+
+    PostgreSQL alters the column in place. SQLite cannot drop NOT NULL: the table is rebuilt in one
+    transaction (SQLite's documented procedure: foreign keys off so that dropping the old table
+    cascades nowhere, copy, drop, rename, indexes back, foreign-key check, the AUTOINCREMENT
+    sequence kept so that no face pk is ever reused). Idempotent.
+    """
+    columns = {c["name"]: c for c in inspect(engine).get_columns("faces")}
+    if columns["subject_pk"]["nullable"]:
+        return False
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE faces ALTER COLUMN subject_pk DROP NOT NULL"))
+        return True
+    ddl = str(CreateTable(faces_table).compile(dialect=engine.dialect)).strip()
+    assert ddl.startswith("CREATE TABLE faces ")
+    ddl = "CREATE TABLE faces__rebuild " + ddl[len("CREATE TABLE faces ") :]
+    present = [c for c in faces_table.columns if c.name in columns]
+    names = ", ".join(engine.dialect.identifier_preparer.format_column(c) for c in present)
+    indexes = [str(CreateIndex(index).compile(dialect=engine.dialect)) for index in faces_table.indexes]
+    with engine.connect() as conn:
+        # The raw sqlite3 connection in autocommit mode, so that BEGIN/COMMIT are ours and the DDL is
+        # inside the transaction (the driver would otherwise commit before each DDL statement).
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        level = raw.isolation_level
+        raw.isolation_level = None
+        try:
+            raw.execute("PRAGMA foreign_keys=OFF")
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                seq = raw.execute("SELECT seq FROM sqlite_sequence WHERE name = 'faces'").fetchone()
+                raw.execute(ddl)
+                raw.execute(f"INSERT INTO faces__rebuild ({names}) SELECT {names} FROM faces")
+                raw.execute("DROP TABLE faces")
+                raw.execute("ALTER TABLE faces__rebuild RENAME TO faces")
+                for statement in indexes:
+                    raw.execute(statement)
+                if seq is not None:
+                    raw.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'faces'", (seq[0],))
+                broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"faces rebuild would break foreign keys: {broken[:5]}")
+                raw.execute("COMMIT")
+            except BaseException:
+                raw.execute("ROLLBACK")
+                raise
+        finally:
+            raw.execute("PRAGMA foreign_keys=ON")
+            raw.isolation_level = level
+    return True
+
+
 def migrate_additive(engine: Engine) -> list[str]:
     """Add the columns the code knows and the database lacks; returns ``table.column`` of each added.
 
@@ -227,6 +288,8 @@ class FaceStore:
         added = migrate_additive(self._engine)
         if added:
             logger.info("store schema upgraded: added columns %s", ", ".join(added))
+        if relax_face_subject(self._engine):
+            logger.info("store schema upgraded: faces.subject_pk is nullable (free-standing faces)")
 
     def close(self) -> None:
         self._engine.dispose()
@@ -451,22 +514,30 @@ class FaceStore:
     def add_faces(
         self,
         collection: str,
-        subject_id: str,
+        subject_id: str | None,
         faces: Sequence[NewFace],
         *,
         create_subject: bool,
     ) -> list[FaceRecord]:
-        """Persist faces (and the subject when asked) in one transaction."""
+        """Persist faces (and the subject when asked) in one transaction; ``subject_id`` None stores
+        free-standing faces."""
         now = _now()
         with self._engine.begin() as conn:
             coll = self._collection_row(conn, collection)
             coll_pk = int(coll.pk)
-            found = conn.execute(
-                select(subjects_table.c.pk).where(
-                    subjects_table.c.collection_pk == coll_pk, subjects_table.c.subject_id == subject_id
-                )
-            ).scalar_one_or_none()
-            if found is None:
+            found = (
+                conn.execute(
+                    select(subjects_table.c.pk).where(
+                        subjects_table.c.collection_pk == coll_pk, subjects_table.c.subject_id == subject_id
+                    )
+                ).scalar_one_or_none()
+                if subject_id is not None
+                else None
+            )
+            subject_pk: int | None
+            if subject_id is None:
+                subject_pk = None
+            elif found is None:
                 if not create_subject:
                     raise SubjectNotFound(
                         f"Subject '{subject_id}' not found in '{collection}' "
@@ -490,6 +561,8 @@ class FaceStore:
                         source_hash=face.source_hash,
                         source_name=face.source_name,
                         created_at=now,
+                        external_image_id=face.external_image_id,
+                        image_id=face.image_id,
                     )
                 )
                 pk = result.inserted_primary_key
@@ -511,6 +584,8 @@ class FaceStore:
                         source_name=face.source_name,
                         created_at=now,
                         embedding=embedding,
+                        external_image_id=face.external_image_id,
+                        image_id=face.image_id,
                     )
                 )
             if records:
@@ -603,19 +678,21 @@ class FaceStore:
     def iter_subject_embeddings(
         self, collection_pk: int, batch_size: int = 50_000
     ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
-        """Stream (owning subject pks, vectors) of a collection in pk order, for calibration."""
-        return self._iter_vectors(collection_pk, faces_table.c.subject_pk, batch_size)
+        """Stream (owning subject pks, vectors) of a collection's subjects' faces in pk order, for
+        calibration (free-standing faces belong to no subject and are left out)."""
+        return self._iter_vectors(collection_pk, faces_table.c.subject_pk, batch_size, labelled_only=True)
 
     def _iter_vectors(
-        self, collection_pk: int, label: Column[Any], batch_size: int
+        self, collection_pk: int, label: Column[Any], batch_size: int, *, labelled_only: bool = False
     ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
         """(``label`` column, vectors) of a collection's faces in pk order, one keyset page at a time."""
         last = 0
+        only = [label.is_not(None)] if labelled_only else []
         while True:
             with self._engine.connect() as conn:
                 rows = conn.execute(
                     select(faces_table.c.pk, label.label("label"), faces_table.c.embedding)
-                    .where(faces_table.c.collection_pk == collection_pk, faces_table.c.pk > last)
+                    .where(faces_table.c.collection_pk == collection_pk, faces_table.c.pk > last, *only)
                     .order_by(faces_table.c.pk)
                     .limit(batch_size)
                 ).all()
@@ -625,6 +702,127 @@ class FaceStore:
             vectors = np.frombuffer(b"".join(row.embedding for row in rows), dtype=np.float32)
             yield labels, np.ascontiguousarray(vectors.reshape(len(rows), -1))
             last = int(rows[-1].pk)
+
+    # -- faces, face by face (the Rekognition-compatible API) ----------------------------------
+
+    def faces_page(
+        self,
+        collection: str,
+        *,
+        after_pk: int,
+        limit: int,
+        subject_id: str | None = None,
+        face_ids: Sequence[str] | None = None,
+    ) -> list[FaceRecord]:
+        """Faces of a collection in pk order after ``after_pk`` (keyset: each face once per walk),
+        optionally only a subject's or only the given ids."""
+        with self._engine.connect() as conn:
+            coll = self._collection_row(conn, collection)
+            query = self._faces_query(with_embedding=False).where(
+                faces_table.c.collection_pk == coll.pk, faces_table.c.pk > after_pk
+            )
+            if subject_id is not None:
+                query = query.where(
+                    faces_table.c.subject_pk == self._subject_pk(conn, collection, subject_id)
+                )
+            if face_ids is not None:
+                query = query.where(faces_table.c.face_id.in_(list(face_ids)))
+            rows = conn.execute(query.order_by(faces_table.c.pk).limit(limit)).all()
+        return [self._face_record(row) for row in rows]
+
+    def faces_by_id(
+        self, collection: str, face_ids: Sequence[str], *, with_embedding: bool = False
+    ) -> dict[str, FaceRecord]:
+        """face_id → face, for the ids that exist in the collection."""
+        if not face_ids:
+            return {}
+        with self._engine.connect() as conn:
+            coll = self._collection_row(conn, collection)
+            rows = conn.execute(
+                self._faces_query(with_embedding=with_embedding).where(
+                    faces_table.c.collection_pk == coll.pk, faces_table.c.face_id.in_(list(face_ids))
+                )
+            ).all()
+        return {str(row.face_id): self._face_record(row) for row in rows}
+
+    def face_hits(self, pks: Sequence[int]) -> dict[int, FaceRecord]:
+        """pk → face (subject or free-standing), for face-level search hits."""
+        if not pks:
+            return {}
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                self._faces_query(with_embedding=False).where(faces_table.c.pk.in_([int(pk) for pk in pks]))
+            ).all()
+        return {int(row.pk): self._face_record(row) for row in rows}
+
+    def delete_free_faces(self, collection: str, face_ids: Sequence[str]) -> tuple[int, list[FaceRecord]]:
+        """Delete the given faces that exist and belong to no subject (Rekognition's DeleteFaces
+        refuses a user's faces); returns (collection pk, the deleted faces)."""
+        with self._engine.begin() as conn:
+            coll = self._collection_row(conn, collection)
+            rows = conn.execute(
+                self._faces_query(with_embedding=False).where(
+                    faces_table.c.collection_pk == coll.pk,
+                    faces_table.c.face_id.in_(list(face_ids)),
+                    faces_table.c.subject_pk.is_(None),
+                )
+            ).all()
+            pks = [int(row.pk) for row in rows]
+            if pks:
+                conn.execute(delete(faces_table).where(faces_table.c.pk.in_(pks)))
+                self._bump_revision(conn, int(coll.pk))
+            return int(coll.pk), [self._face_record(row) for row in rows]
+
+    def set_faces_subject(
+        self, collection: str, face_ids: Sequence[str], subject_id: str | None, *, only_of: str | None = None
+    ) -> list[str]:
+        """Put faces under ``subject_id`` (None: make them free-standing) in one transaction.
+
+        Only faces that are free-standing or already the subject's (associate), or that belong to
+        ``only_of`` (disassociate) change; returns the ids that did.
+        """
+        with self._engine.begin() as conn:
+            coll = self._collection_row(conn, collection)
+            target = self._subject_pk(conn, collection, subject_id, int(coll.pk)) if subject_id else None
+            owner = self._subject_pk(conn, collection, only_of, int(coll.pk)) if only_of else None
+            allowed = (
+                faces_table.c.subject_pk == owner
+                if owner is not None
+                else (faces_table.c.subject_pk.is_(None) | (faces_table.c.subject_pk == target))
+            )
+            where = [
+                faces_table.c.collection_pk == coll.pk,
+                faces_table.c.face_id.in_(list(face_ids)),
+                allowed,
+            ]
+            changed = [str(v) for v in conn.execute(select(faces_table.c.face_id).where(*where)).scalars()]
+            if changed:
+                conn.execute(update(faces_table).where(*where).values(subject_pk=target))
+                self._bump_revision(conn, int(coll.pk))
+            return changed
+
+    def subjects_after(self, collection: str, after: str | None, limit: int) -> list[SubjectRecord]:
+        """Subjects in id order after ``after`` (keyset: each subject once per walk)."""
+        with self._engine.connect() as conn:
+            coll = self._collection_row(conn, collection)
+            conditions = [subjects_table.c.collection_pk == coll.pk]
+            if after is not None:
+                conditions.append(subjects_table.c.subject_id > after)
+            rows = conn.execute(
+                self._subjects_query().where(*conditions).order_by(subjects_table.c.subject_id).limit(limit)
+            ).all()
+        return [self._subject_record(row) for row in rows]
+
+    def release_subject(self, collection: str, subject_id: str) -> None:
+        """Delete a subject but keep its faces, free-standing (Rekognition's DeleteUser)."""
+        with self._engine.begin() as conn:
+            coll = self._collection_row(conn, collection)
+            subject_pk = self._subject_pk(conn, collection, subject_id, coll_pk=int(coll.pk))
+            conn.execute(
+                update(faces_table).where(faces_table.c.subject_pk == subject_pk).values(subject_pk=None)
+            )
+            conn.execute(delete(subjects_table).where(subjects_table.c.pk == subject_pk))
+            self._bump_revision(conn, int(coll.pk))
 
     def bulk_insert_synthetic(
         self, collection: str, subject_prefix: str, vectors: NDArray[np.float32], faces_per_subject: int
@@ -768,11 +966,14 @@ class FaceStore:
             faces_table.c.source_hash,
             faces_table.c.source_name,
             faces_table.c.created_at,
+            faces_table.c.external_image_id,
+            faces_table.c.image_id,
             subjects_table.c.subject_id,
         ]
         if with_embedding:
             columns.append(faces_table.c.embedding)
-        return select(*columns).join(subjects_table, subjects_table.c.pk == faces_table.c.subject_pk)
+        # Outer join: free-standing faces (no subject) are faces too.
+        return select(*columns).outerjoin(subjects_table, subjects_table.c.pk == faces_table.c.subject_pk)
 
     @staticmethod
     def _face_record(row: Row[Any]) -> FaceRecord:
@@ -781,11 +982,16 @@ class FaceStore:
             pk=int(row.pk),
             face_id=str(row.face_id),
             collection_pk=int(row.collection_pk),
-            subject_pk=int(row.subject_pk),
-            subject_id=str(row.subject_id),
+            subject_pk=int(row.subject_pk) if row.subject_pk is not None else None,
+            subject_id=str(row.subject_id) if row.subject_id is not None else None,
             box=(box[0], box[1], box[2], box[3]),
             quality=dict(row.quality or {}),
             source_hash=row.source_hash,
             source_name=row.source_name,
             created_at=_aware(row.created_at),
+            external_image_id=row.external_image_id,
+            image_id=row.image_id,
+            embedding=(
+                np.frombuffer(row.embedding, dtype=np.float32).copy() if "embedding" in row._fields else None
+            ),
         )
