@@ -37,6 +37,7 @@ from bench.common import (
 from service.domain.calibration import MAX_PROBES, CalibrationSlot, calibrate_collection, load_embeddings
 from service.domain.thresholds import ThresholdInForce, ThresholdPolicy
 from service.storage.store import FaceStore
+from service.testing.synthetic import bulk_insert_synthetic
 
 DIM = 128
 FACES_PER_SUBJECT = 5
@@ -85,16 +86,16 @@ def measure(faces: int, workdir: Path, repeats: int) -> CalibrationCase:
     url = f"sqlite:///{workdir / f'calibrate-{faces}.db'}"
     store = FaceStore.from_url(url)
     started = time.perf_counter()
-    store.create_collection(COLLECTION)
+    store.collections.create_collection(COLLECTION)
     vectors = synthetic_faces(faces, seed=faces)
     for start in range(0, faces, 100_000):
-        store.bulk_insert_synthetic(
-            COLLECTION, f"s{start}-", vectors[start : start + 100_000], FACES_PER_SUBJECT
+        bulk_insert_synthetic(
+            store, COLLECTION, f"s{start}-", vectors[start : start + 100_000], FACES_PER_SUBJECT
         )
     del vectors
     gc.collect()
     seed_s = time.perf_counter() - started
-    pk = store.collection_pk(COLLECTION)
+    pk = store.collections.collection_pk(COLLECTION)
 
     t0 = time.perf_counter()
     loaded, _ = load_embeddings(store, pk)

@@ -71,7 +71,7 @@ def measure(faces: int, workdir: Path, probes: list[Path], requests: int, device
         insert_s = seed_synthetic(config.database_url, faces)
     else:
         store = FaceStore.from_url(config.database_url)
-        store.create_collection(SYNTHETIC_COLLECTION, "benchmark: empty")
+        store.collections.create_collection(SYNTHETIC_COLLECTION, "benchmark: empty")
         store.close()
         insert_s = 0.0
     db_mib = directory_mib(config.data_dir)

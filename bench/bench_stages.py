@@ -101,17 +101,17 @@ def measure(
         seed_synthetic(url, faces)
     else:
         seed = FaceStore.from_url(url)
-        seed.create_collection(SYNTHETIC_COLLECTION)
+        seed.collections.create_collection(SYNTHETIC_COLLECTION)
         seed.close()
     store = FaceStore.from_url(url)
-    registry = IndexRegistry(store, 128, workdir / f"index-{faces}", use_gpu=False)
-    registry.load_all([c.pk for c in store.list_collections()])
+    registry = IndexRegistry(store.faces, 128, workdir / f"index-{faces}", use_gpu=False)
+    registry.load_all([c.pk for c in store.collections.list_collections()])
     gallery = Gallery(store, registry)
-    coll_pk = store.collection_pk(SYNTHETIC_COLLECTION)
+    coll_pk = store.collections.collection_pk(SYNTHETIC_COLLECTION)
     index = registry.get(coll_pk)
     # The same vectors behind an index that lets FAISS use every OpenMP thread (the old default).
     all_threads = CollectionIndex(128, search_threads=os.cpu_count() or 1)
-    for ids, vectors in store.iter_embeddings(coll_pk):
+    for ids, vectors in store.faces.iter_embeddings(coll_pk):
         all_threads.add(ids, vectors)
 
     embedder, _, analyzer = load_face_models(settings)
@@ -131,7 +131,7 @@ def measure(
     embedder_before.embed(warm_crops)
     for _ in range(repeats):
         for data in probes:
-            pk = clock(samples[LOOKUP], store.collection_pk, SYNTHETIC_COLLECTION)
+            pk = clock(samples[LOOKUP], store.collections.collection_pk, SYNTHETIC_COLLECTION)
             image = clock(samples[DECODE], decode_image, data, max_pixels=settings.max_image_pixels)
             found = clock(samples[DETECT], analyzer.analyze, image, max_faces=settings.default_max_faces)
             if not found:
@@ -141,11 +141,11 @@ def measure(
             clock(samples[SEARCH], gallery.search, pk, queries, top_k)
             # The parts of Gallery.search, timed again on their own.
             _, hit_pks = clock(samples[SEARCH_FAISS], index.search, queries[:1], k)
-            clock(samples[SEARCH_OWNERS], store.faces_by_pk, [int(pk) for pk in hit_pks[0] if pk >= 0])
+            clock(samples[SEARCH_OWNERS], store.faces.faces_by_pk, [int(pk) for pk in hit_pks[0] if pk >= 0])
             # The same work before each speed-up.
             clock(samples[EMBED_BEFORE], embedder_before.embed, crops)
             clock(samples[FAISS_BEFORE], all_threads.search, queries[:1], k)
-            clock(samples[LOOKUP_BEFORE], store.get_collection, SYNTHETIC_COLLECTION)
+            clock(samples[LOOKUP_BEFORE], store.collections.get_collection, SYNTHETIC_COLLECTION)
     store.close()
 
     stats = {stage: LatencyStats.from_seconds(values) for stage, values in samples.items()}

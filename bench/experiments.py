@@ -13,25 +13,25 @@ import os
 import sys
 from collections.abc import Callable
 
+from service.storage.collections import CollectionRepository
 from service.storage.records import CollectionLookup
-from service.storage.store import FaceStore
 
 
 def counting_lookup() -> None:
-    """The identify/enroll path as it was before ``FaceStore.collection_pk`` / ``collection_lookup``
+    """The identify/enroll path as it was before ``store.collections.collection_pk`` / ``collection_lookup``
     (identify's one-row read of key and threshold): the collection resolved
     through ``get_collection``, which runs ``COUNT(*)`` over its subjects and faces (linear in the
     gallery). Kept so the fix's before/after stays measurable in one table."""
 
-    def collection_pk(self: FaceStore, name: str) -> int:
+    def collection_pk(self: CollectionRepository, name: str) -> int:
         return self.get_collection(name).pk
 
-    def collection_lookup(self: FaceStore, name: str) -> CollectionLookup:
+    def collection_lookup(self: CollectionRepository, name: str) -> CollectionLookup:
         record = self.get_collection(name)
         return CollectionLookup(record.pk, record.identify_threshold, record.identify_threshold_source)
 
-    FaceStore.collection_pk = collection_pk  # type: ignore[method-assign]
-    FaceStore.collection_lookup = collection_lookup  # type: ignore[method-assign]
+    CollectionRepository.collection_pk = collection_pk  # type: ignore[method-assign]
+    CollectionRepository.collection_lookup = collection_lookup  # type: ignore[method-assign]
 
 
 def faiss_all_threads() -> None:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from bench.common import REPO_ROOT, random_unit_vectors, rss_bytes
 from service.storage.store import FaceStore
+from service.testing.synthetic import bulk_insert_synthetic
 
 SYNTHETIC_COLLECTION = "synthetic"
 
@@ -161,7 +162,7 @@ def seed_synthetic(
     """
     store = FaceStore.from_url(database_url)
     try:
-        store.create_collection(SYNTHETIC_COLLECTION, "benchmark: synthetic embeddings")
+        store.collections.create_collection(SYNTHETIC_COLLECTION, "benchmark: synthetic embeddings")
         started = time.perf_counter()
         starts = range(0, count, chunk)
         for start in tqdm(
@@ -169,7 +170,7 @@ def seed_synthetic(
         ):
             size = min(chunk, count - start)
             vectors = random_unit_vectors(size, 128, seed + start)
-            store.bulk_insert_synthetic(SYNTHETIC_COLLECTION, f"syn{start}-", vectors, faces_per_subject)
+            bulk_insert_synthetic(store, SYNTHETIC_COLLECTION, f"syn{start}-", vectors, faces_per_subject)
         return time.perf_counter() - started
     finally:
         store.close()

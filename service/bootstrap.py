@@ -75,7 +75,7 @@ def build_vector_index(settings: Settings, store: FaceStore, dim: int) -> Vector
         from service.index.milvus_index import AnnIndex, MilvusIndex
 
         return MilvusIndex(
-            store,
+            store.faces,
             dim,
             uri=settings.milvus_uri,
             collection=settings.milvus_collection,
@@ -93,7 +93,11 @@ def build_vector_index(settings: Settings, store: FaceStore, dim: int) -> Vector
             timeout_s=settings.milvus_timeout_s,
         )
     return IndexRegistry(
-        store, dim, settings.index_dir, use_gpu=settings.use_gpu_index, search_threads=settings.search_threads
+        store.faces,
+        dim,
+        settings.index_dir,
+        use_gpu=settings.use_gpu_index,
+        search_threads=settings.search_threads,
     )
 
 
@@ -130,7 +134,7 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     )
     store = FaceStore.from_url(settings.database_url)
     indexes = build_vector_index(settings, store, card.embedding_dim)
-    indexes.load_all([c.pk for c in store.list_collections()])
+    indexes.load_all([c.pk for c in store.collections.list_collections()])
     gallery = Gallery(store, indexes)
     metrics.watch_index(gallery.index_sizes_by_name)
     logger.info(

@@ -54,7 +54,7 @@ def embed_lfw_people(lfw_root: Path, n_people: int) -> LfwGallery:
 def enroll_into(store: FaceStore, collection: str, gallery: LfwGallery) -> None:
     for person, vectors in gallery.enrolled.items():
         faces = [NewFace(embedding=v, box=(0.0, 0.0, 1.0, 1.0), quality={}) for v in vectors]
-        store.add_faces(collection, person, faces, create_subject=True)
+        store.faces.add_faces(collection, person, faces, create_subject=True)
 
 
 def unit_vectors(n: int, dim: int = 128, seed: int = 0) -> NDArray[np.float32]:

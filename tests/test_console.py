@@ -183,7 +183,7 @@ def test_thumbnails_turned_off_are_neither_kept_nor_served(tmp_path: Path, lfw_i
         assert response.json()["code"] == "thumbnails_disabled"
         store = off.app.state.services.gallery.store  # type: ignore[attr-defined]
         with pytest.raises(ThumbnailNotFound):
-            store.get_thumbnail("private", face_id)
+            store.faces.get_thumbnail("private", face_id)
     # Turned back on: faces enrolled meanwhile have none (404 thumbnail_not_found), new ones do.
     with TestClient(create_app(make_settings(tmp_path))) as on:
         assert on.get(f"/v1/collections/private/faces/{face_id}/thumbnail").json()["code"] == (

@@ -55,9 +55,9 @@ def test_empty_index_searches_to_nothing() -> None:
 
 def _store_with_faces(tmp_path: Path, n: int) -> tuple[FaceStore, int]:
     store = FaceStore.from_url(f"sqlite:///{tmp_path}/faces.db")
-    coll = store.create_collection("c")
+    coll = store.collections.create_collection("c")
     faces = [NewFace(embedding=v, box=(0, 0, 1, 1), quality={}) for v in unit_vectors(n)]
-    store.add_faces("c", "s", faces, create_subject=True)
+    store.faces.add_faces("c", "s", faces, create_subject=True)
     return store, coll.pk
 
 
@@ -65,26 +65,26 @@ def test_snapshot_is_used_only_when_it_matches_the_store(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store, pk = _store_with_faces(tmp_path, 50)
-    registry = IndexRegistry(store, 128, tmp_path / "index")
+    registry = IndexRegistry(store.faces, 128, tmp_path / "index")
     registry.load_all([pk])
     assert registry.get(pk).ntotal == 50
     registry.save_snapshots()
 
     caplog.set_level("INFO")
-    fresh = IndexRegistry(store, 128, tmp_path / "index")
+    fresh = IndexRegistry(store.faces, 128, tmp_path / "index")
     fresh.load_all([pk])
     assert "loaded snapshot" in caplog.text
     assert fresh.get(pk).ids().tolist() == registry.get(pk).ids().tolist()
 
     # The store moves on (a write the snapshot never saw, e.g. before a crash): rebuild.
-    store.add_faces(
+    store.faces.add_faces(
         "c",
         "s",
         [NewFace(embedding=unit_vectors(1, seed=9)[0], box=(0, 0, 1, 1), quality={})],
         create_subject=False,
     )
     caplog.clear()
-    stale = IndexRegistry(store, 128, tmp_path / "index")
+    stale = IndexRegistry(store.faces, 128, tmp_path / "index")
     stale.load_all([pk])
     assert "rebuilding" in caplog.text
     assert stale.get(pk).ntotal == 51
@@ -93,11 +93,11 @@ def test_snapshot_is_used_only_when_it_matches_the_store(
 
 def test_corrupt_snapshot_falls_back_to_rebuild(tmp_path: Path) -> None:
     store, pk = _store_with_faces(tmp_path, 20)
-    registry = IndexRegistry(store, 128, tmp_path / "index")
+    registry = IndexRegistry(store.faces, 128, tmp_path / "index")
     registry.load_all([pk])
     registry.save_snapshots()
     (tmp_path / "index" / f"collection-{pk}.faiss").write_bytes(b"garbage")
-    rebuilt = IndexRegistry(store, 128, tmp_path / "index")
+    rebuilt = IndexRegistry(store.faces, 128, tmp_path / "index")
     rebuilt.load_all([pk])
     assert rebuilt.get(pk).ntotal == 20
 
@@ -170,7 +170,7 @@ def test_concurrent_searches_and_writes_stay_consistent() -> None:
 
 def test_gallery_search_ranks_subjects_and_a_deleted_collection_searches_empty(tmp_path: Path) -> None:
     store = FaceStore.from_url(f"sqlite:///{tmp_path / 'g.db'}")
-    registry = IndexRegistry(store, 128, tmp_path / "index", use_gpu=False)
+    registry = IndexRegistry(store.faces, 128, tmp_path / "index", use_gpu=False)
     gallery = Gallery(store, registry)
     pk = gallery.create_collection("people", "").pk
     vectors = unit_vectors(6, seed=3)

@@ -19,6 +19,7 @@ from service.index.base import VectorIndex
 from service.index.faiss_index import IndexRegistry
 from service.storage.records import NewFace
 from service.storage.store import FaceStore
+from service.testing.synthetic import bulk_insert_synthetic
 from tests.embeddings import LfwGallery, embed_lfw_people, enroll_into, unit_vectors
 from tests.milvus_server import require_pymilvus
 
@@ -36,21 +37,21 @@ def fill_store(store: FaceStore, people: LfwGallery) -> None:
     """Real people, 2 000 random distractors, a subject with 300 near-copies of one probe (forces the
     ranking to ask for more hits), and a second collection holding the probes themselves (a search
     that leaked across collections would find them at distance 0)."""
-    store.create_collection("office")
+    store.collections.create_collection("office")
     enroll_into(store, "office", people)
-    store.bulk_insert_synthetic("office", "distractor-", unit_vectors(2_000, seed=3), faces_per_subject=4)
+    bulk_insert_synthetic(store, "office", "distractor-", unit_vectors(2_000, seed=3), faces_per_subject=4)
     first = next(iter(people.probes.values()))
     noise = unit_vectors(300, seed=4) * 0.15
     crowd = first[None, :] + noise
     crowd /= np.linalg.norm(crowd, axis=1, keepdims=True)
-    store.add_faces(
+    store.faces.add_faces(
         "office",
         "crowd",
         [NewFace(embedding=v.astype(np.float32), box=(0.0, 0.0, 1.0, 1.0), quality={}) for v in crowd],
         create_subject=True,
     )
-    store.create_collection("elsewhere")
-    store.add_faces(
+    store.collections.create_collection("elsewhere")
+    store.faces.add_faces(
         "elsewhere",
         "leak",
         [NewFace(embedding=v, box=(0.0, 0.0, 1.0, 1.0), quality={}) for v in people.probes.values()],
@@ -59,7 +60,9 @@ def fill_store(store: FaceStore, people: LfwGallery) -> None:
 
 
 def answers(gallery: Gallery, queries: np.ndarray, top_k: int) -> list[list[Candidate]]:
-    return gallery.search(gallery.store.collection_pk("office"), queries.astype(np.float32), top_k)
+    return gallery.search(
+        gallery.store.collections.collection_pk("office"), queries.astype(np.float32), top_k
+    )
 
 
 @pytest.fixture
@@ -71,13 +74,16 @@ def store(tmp_path: Path, lfw_people: LfwGallery) -> Iterator[FaceStore]:
 
 
 def milvus(store: FaceStore, tmp_path: Path) -> MilvusIndex:
-    index = MilvusIndex(store, 128, uri=str(tmp_path / "milvus.db"), collection="faces_test")
-    index.load_all([c.pk for c in store.list_collections()])
+    index = MilvusIndex(store.faces, 128, uri=str(tmp_path / "milvus.db"), collection="faces_test")
+    index.load_all([c.pk for c in store.collections.list_collections()])
     return index
 
 
 def test_both_engines_implement_the_protocol(store: FaceStore, tmp_path: Path) -> None:
-    engines: list[VectorIndex] = [IndexRegistry(store, 128, tmp_path / "index"), milvus(store, tmp_path)]
+    engines: list[VectorIndex] = [
+        IndexRegistry(store.faces, 128, tmp_path / "index"),
+        milvus(store, tmp_path),
+    ]
     assert [e.engine for e in engines] == ["faiss", "milvus"]
 
 
@@ -85,8 +91,8 @@ def test_both_engines_implement_the_protocol(store: FaceStore, tmp_path: Path) -
 def test_same_answers_on_faiss_and_milvus(
     store: FaceStore, tmp_path: Path, lfw_people: LfwGallery, top_k: int
 ) -> None:
-    faiss_index = IndexRegistry(store, 128, tmp_path / "index")
-    faiss_index.load_all([c.pk for c in store.list_collections()])
+    faiss_index = IndexRegistry(store.faces, 128, tmp_path / "index")
+    faiss_index.load_all([c.pk for c in store.collections.list_collections()])
     on_faiss, on_milvus = Gallery(store, faiss_index), Gallery(store, milvus(store, tmp_path))
     probes = np.stack(list(lfw_people.probes.values()))
     expected, got = answers(on_faiss, probes, top_k), answers(on_milvus, probes, top_k)
@@ -110,8 +116,8 @@ def test_writes_through_the_gallery_are_searchable_and_removable(
     gallery.delete_subject("office", "crowd")
     gallery.delete_subject("office", person)
     assert person not in {c.subject_id for c in answers(gallery, probe[None], 5)[0]}
-    office = store.collection_pk("office")
-    written_before = store.vector_write_ts(office)
+    office = store.collections.collection_pk("office")
+    written_before = store.vector_writes.vector_write_ts(office)
     gallery.add_faces(
         "office",
         person,
@@ -121,10 +127,10 @@ def test_writes_through_the_gallery_are_searchable_and_removable(
     assert answers(gallery, probe[None], 1)[0][0].subject_id == person
     # milvus-lite is always consistent and reports no write timestamps (the server lane checks them);
     # the store keeps the newest one any replica reports, never going backwards.
-    assert store.vector_write_ts(office) == written_before == 0
+    assert store.vector_writes.vector_write_ts(office) == written_before == 0
     for reported in (500, 200, 700):
-        store.record_vector_write(office, reported)
-    assert store.vector_write_ts(office) == 700
+        store.vector_writes.record_vector_write(office, reported)
+    assert store.vector_writes.vector_write_ts(office) == 700
     gallery.delete_collection("elsewhere")
     assert gallery.index_out_of_sync() == []
 
@@ -132,15 +138,15 @@ def test_writes_through_the_gallery_are_searchable_and_removable(
 def test_reconcile_repairs_every_difference(store: FaceStore, tmp_path: Path, lfw_people: LfwGallery) -> None:
     index = milvus(store, tmp_path)
     gallery = Gallery(store, index)
-    office = store.collection_pk("office")
+    office = store.collections.collection_pk("office")
     assert gallery.index_out_of_sync() == []
     # 1. Faces that reached the store but not Milvus (a crash between the two writes).
     person, probe = list(lfw_people.probes.items())[1]  # the first one has the crowd around it
-    store.add_faces("office", "late", [NewFace(probe, (0, 0, 1, 1), {})], create_subject=True)
+    store.faces.add_faces("office", "late", [NewFace(probe, (0, 0, 1, 1), {})], create_subject=True)
     # 2. A face deleted from the store but not from Milvus, 3. a doubled row, 4. an orphan collection.
-    removed = store.delete_face("office", store.list_faces("office", person)[0].face_id)
+    removed = store.faces.delete_face("office", store.faces.list_faces("office", person)[0].face_id)
     index.add(office, np.array([5_000_000], dtype=np.int64), unit_vectors(1, seed=9))
-    doubled = store.list_faces("office", "distractor-0")[0]
+    doubled = store.faces.list_faces("office", "distractor-0")[0]
     index.add(office, np.array([doubled.pk], dtype=np.int64), unit_vectors(1, seed=10))
     index.add(999, np.array([6_000_000], dtype=np.int64), unit_vectors(1, seed=11))
     assert office in gallery.index_out_of_sync()
@@ -149,7 +155,7 @@ def test_reconcile_repairs_every_difference(store: FaceStore, tmp_path: Path, lf
     report = gallery.reconcile_index()  # the periodic pass: counts first, then pk by pk
     assert (report.inserted, report.deleted) == (1, 3)  # the doubled row is fixed in place
     assert gallery.index_out_of_sync() == []
-    assert index.sizes([office])[office] == store.face_count(office)
+    assert index.sizes([office])[office] == store.faces.face_count(office)
     assert index.count(999) == 0
     hits = index.search(office, probe[None], 50)[1][0].tolist()
     assert removed.pk not in hits
@@ -159,14 +165,14 @@ def test_reconcile_repairs_every_difference(store: FaceStore, tmp_path: Path, lf
 
 def test_start_up_fills_an_empty_engine_and_survives_a_reopen(store: FaceStore, tmp_path: Path) -> None:
     first = milvus(store, tmp_path)
-    pks = [c.pk for c in store.list_collections()]
-    assert first.sizes(pks) == {pk: store.face_count(pk) for pk in pks}
+    pks = [c.pk for c in store.collections.list_collections()]
+    assert first.sizes(pks) == {pk: store.faces.face_count(pk) for pk in pks}
     first.close()
-    again = MilvusIndex(store, 128, uri=str(tmp_path / "milvus.db"), collection="faces_test")
+    again = MilvusIndex(store.faces, 128, uri=str(tmp_path / "milvus.db"), collection="faces_test")
     assert again.reconcile(pks, full=True).changed == 0
 
 
 def test_a_collection_of_another_dimension_is_refused(store: FaceStore, tmp_path: Path) -> None:
     milvus(store, tmp_path).close()
     with pytest.raises(VectorEngineUnavailable, match="another layout"):
-        MilvusIndex(store, 64, uri=str(tmp_path / "milvus.db"), collection="faces_test")
+        MilvusIndex(store.faces, 64, uri=str(tmp_path / "milvus.db"), collection="faces_test")

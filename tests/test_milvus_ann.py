@@ -44,8 +44,8 @@ def store(tmp_path: Path, lfw_people: LfwGallery) -> Iterator[FaceStore]:
 
 
 def engine(store: FaceStore, path: Path, ann: AnnIndex | None = None) -> MilvusIndex:
-    index = MilvusIndex(store, 128, uri=str(path), collection="faces_ann", ann=ann)
-    index.load_all([c.pk for c in store.list_collections()])
+    index = MilvusIndex(store.faces, 128, uri=str(path), collection="faces_ann", ann=ann)
+    index.load_all([c.pk for c in store.collections.list_collections()])
     return index
 
 
@@ -93,7 +93,7 @@ def test_an_approximate_index_is_built_searched_with_its_parameters_and_finds_th
     # The collection keeps the index it was created with: reopened with the default (FLAT) setting,
     # it is searched as what it is, and the difference is logged.
     with caplog.at_level(logging.WARNING, logger="service.index.milvus_index"):
-        reopened = MilvusIndex(store, 128, uri=str(tmp_path / "ann.db"), collection="faces_ann")
+        reopened = MilvusIndex(store.faces, 128, uri=str(tmp_path / "ann.db"), collection="faces_ann")
     assert reopened.ann.kind == ann.kind
     assert reopened.ann.search_params(40).keys() == ann.search_params(40).keys()
     assert any(

@@ -17,6 +17,7 @@ import pytest
 from service.domain.gallery import Gallery
 from service.index.faiss_index import IndexRegistry
 from service.storage.store import FaceStore
+from service.testing.synthetic import bulk_insert_synthetic
 from tests.embeddings import embed_lfw_people, enroll_into, unit_vectors
 from tests.milvus_server import MilvusServer, free_port, require_pymilvus
 from tests.test_crash import Server, milvus_env
@@ -101,21 +102,21 @@ def test_start_up_repair_and_same_answers_at_ten_thousand_faces(
 ) -> None:
     people = embed_lfw_people(lfw_root, 20)
     store = FaceStore.from_url(f"sqlite:///{tmp_path}/faces.db")
-    store.create_collection("office")
+    store.collections.create_collection("office")
     enroll_into(store, "office", people)
     distractors = unit_vectors(10_000 - 60, seed=5)
-    store.bulk_insert_synthetic("office", "distractor-", distractors, faces_per_subject=5)
-    pks = [c.pk for c in store.list_collections()]
+    bulk_insert_synthetic(store, "office", "distractor-", distractors, faces_per_subject=5)
+    pks = [c.pk for c in store.collections.list_collections()]
     name = f"big_{free_port()}"
 
     started = time.perf_counter()
-    index = MilvusIndex(store, 128, uri=milvus_server.uri, collection=name)
+    index = MilvusIndex(store.faces, 128, uri=milvus_server.uri, collection=name)
     index.load_all(pks)  # an empty engine: every face inserted by the start-up reconciliation
     fill_s = time.perf_counter() - started
     assert index.sizes(pks) == {pks[0]: 10_000}
     assert fill_s < 120, fill_s
 
-    faiss_index = IndexRegistry(store, 128, tmp_path / "index")
+    faiss_index = IndexRegistry(store.faces, 128, tmp_path / "index")
     faiss_index.load_all(pks)
     probes = np.stack(list(people.probes.values()))
     on_faiss = Gallery(store, faiss_index).search(pks[0], probes, 5)
@@ -129,13 +130,13 @@ def test_start_up_repair_and_same_answers_at_ten_thousand_faces(
 
     # A second engine instance (another replica's client) sees a write of the first one at once,
     # searching as of the write's timestamp (what the store carries between replicas).
-    other = MilvusIndex(store, 128, uri=milvus_server.uri, collection=name)
+    other = MilvusIndex(store.faces, 128, uri=milvus_server.uri, collection=name)
     fresh = unit_vectors(1, seed=77)
     written = index.add(pks[0], np.array([9_000_000], dtype=np.int64), fresh)
     assert written > 0
     assert other.search(pks[0], fresh, 1, visible_after=written)[1][0, 0] == 9_000_000
     index.remove(pks[0], np.array([9_000_000], dtype=np.int64))
-    index.remove(pks[0], np.array([store.list_faces("office", next(iter(people.probes)))[0].pk]))
+    index.remove(pks[0], np.array([store.faces.list_faces("office", next(iter(people.probes)))[0].pk]))
     assert other.out_of_sync(pks) == pks
     assert other.reconcile(pks).inserted == 1  # the periodic pass puts the store's face back
     assert index.out_of_sync(pks) == []
@@ -156,12 +157,12 @@ def test_an_approximate_index_on_the_server(
     parameters, a reopened collection is searched as what it has, and real people are still found."""
     people = embed_lfw_people(lfw_root, 20)
     store = FaceStore.from_url(f"sqlite:///{tmp_path}/faces.db")
-    store.create_collection("office")
+    store.collections.create_collection("office")
     enroll_into(store, "office", people)
-    store.bulk_insert_synthetic("office", "distractor-", unit_vectors(3_000, seed=6), faces_per_subject=5)
-    pks = [c.pk for c in store.list_collections()]
+    bulk_insert_synthetic(store, "office", "distractor-", unit_vectors(3_000, seed=6), faces_per_subject=5)
+    pks = [c.pk for c in store.collections.list_collections()]
     name = f"ann_{free_port()}"
-    index = MilvusIndex(store, 128, uri=milvus_server.uri, collection=name, ann=ann)
+    index = MilvusIndex(store.faces, 128, uri=milvus_server.uri, collection=name, ann=ann)
     index.load_all(pks)
     index.flush()  # sealed segments get the index; growing ones are scanned
     deadline = time.monotonic() + 120
@@ -172,11 +173,11 @@ def test_an_approximate_index_on_the_server(
     for key, value in ann.build_params().items():
         assert int(state[key]) == value, state
 
-    reopened = MilvusIndex(store, 128, uri=milvus_server.uri, collection=name)  # configured: FLAT
+    reopened = MilvusIndex(store.faces, 128, uri=milvus_server.uri, collection=name)  # configured: FLAT
     assert reopened.ann.kind == ann.kind
     assert reopened.ann.build_params() == ann.build_params()
     probes = np.stack(list(people.probes.values()))
-    faiss_index = IndexRegistry(store, 128, tmp_path / "index")
+    faiss_index = IndexRegistry(store.faces, 128, tmp_path / "index")
     faiss_index.load_all(pks)
     exact = Gallery(store, faiss_index).search(pks[0], probes, 5)
     for engine in (index, reopened):
@@ -196,8 +197,8 @@ def test_a_failed_call_replaces_the_connection(milvus_server: MilvusServer, tmp_
     from service.errors import VectorEngineUnavailable
 
     store = FaceStore.from_url(f"sqlite:///{tmp_path}/faces.db")
-    collection_pk = store.create_collection("office").pk
-    index = MilvusIndex(store, 128, uri=milvus_server.uri, collection=f"reconnect_{free_port()}")
+    collection_pk = store.collections.create_collection("office").pk
+    index = MilvusIndex(store.faces, 128, uri=milvus_server.uri, collection=f"reconnect_{free_port()}")
     index.load_all([collection_pk])
     vectors = unit_vectors(3, seed=11)
     written = index.add(collection_pk, np.array([1, 2, 3], dtype=np.int64), vectors)

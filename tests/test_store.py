@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,13 +11,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, Table, create_engine, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    inspect,
+    text,
+)
 
 from service.errors import CollectionExists, CollectionNotFound, FaceNotFound, SubjectExists, SubjectNotFound
 from service.main import create_app
 from service.settings import Settings
+from service.storage.engine import make_engine
 from service.storage.records import NewFace
-from service.storage.store import FaceStore, faces_table, make_engine, migrate_additive, subjects_table
+from service.storage.schema import (
+    MIGRATIONS,
+    MigrationStep,
+    faces_table,
+    migrate,
+    migrate_additive,
+    subjects_table,
+)
+from service.storage.store import FaceStore
 
 _names = itertools.count()
 
@@ -42,54 +64,54 @@ def face(seed: int, source_hash: str | None = None) -> NewFace:
 
 def test_collections_subjects_faces_roundtrip(store: FaceStore) -> None:
     name = f"c{next(_names)}"
-    coll = store.create_collection(name, "desc")
+    coll = store.collections.create_collection(name, "desc")
     with pytest.raises(CollectionExists):
-        store.create_collection(name)
-    store.create_subject(name, "alice", "Alice", {"team": "red"})
+        store.collections.create_collection(name)
+    store.subjects.create_subject(name, "alice", "Alice", {"team": "red"})
     with pytest.raises(SubjectExists):
-        store.create_subject(name, "alice", None, {})
+        store.subjects.create_subject(name, "alice", None, {})
     with pytest.raises(SubjectNotFound):
-        store.add_faces(name, "bob", [face(1)], create_subject=False)
+        store.faces.add_faces(name, "bob", [face(1)], create_subject=False)
 
-    records = store.add_faces(name, "alice", [face(1, "h1"), face(2, "h2")], create_subject=False)
-    store.add_faces(name, "bob", [face(3)], create_subject=True)
-    assert [r.source_hash for r in store.list_faces(name, "alice")] == ["h1", "h2"]
-    assert store.get_face(name, records[0].face_id).box == (1.0, 2.0, 3.0, 4.0)
-    face_ids, vectors = store.subject_embeddings(name, "alice")
+    records = store.faces.add_faces(name, "alice", [face(1, "h1"), face(2, "h2")], create_subject=False)
+    store.faces.add_faces(name, "bob", [face(3)], create_subject=True)
+    assert [r.source_hash for r in store.faces.list_faces(name, "alice")] == ["h1", "h2"]
+    assert store.faces.get_face(name, records[0].face_id).box == (1.0, 2.0, 3.0, 4.0)
+    face_ids, vectors = store.faces.subject_embeddings(name, "alice")
     assert face_ids == [r.face_id for r in records]
     np.testing.assert_array_equal(vectors[1], face(2).embedding)
 
-    listed = store.get_collection(name)
+    listed = store.collections.get_collection(name)
     assert (listed.subject_count, listed.face_count, listed.revision) == (2, 3, 2)
-    streamed = list(store.iter_embeddings(coll.pk, batch_size=2))
+    streamed = list(store.faces.iter_embeddings(coll.pk, batch_size=2))
     assert [len(pks) for pks, _ in streamed] == [2, 1]
-    assert store.faces_by_pk([r.pk for r in records]) == {r.pk: (r.face_id, "alice") for r in records}
+    assert store.faces.faces_by_pk([r.pk for r in records]) == {r.pk: (r.face_id, "alice") for r in records}
 
-    updated = store.update_subject(name, "alice", {"metadata": {"team": "blue"}})
+    updated = store.subjects.update_subject(name, "alice", {"metadata": {"team": "blue"}})
     assert (updated.name, updated.metadata, updated.face_count) == ("Alice", {"team": "blue"}, 2)
-    subjects, total = store.list_subjects(name, offset=1, limit=5)
+    subjects, total = store.subjects.list_subjects(name, offset=1, limit=5)
     assert total == 2
     assert [s.subject_id for s in subjects] == ["bob"]
 
-    removed = store.delete_face(name, records[0].face_id)
+    removed = store.faces.delete_face(name, records[0].face_id)
     assert removed.pk == records[0].pk
     with pytest.raises(FaceNotFound):
-        store.get_face(name, records[0].face_id)
-    coll_pk, face_pks = store.delete_subject(name, "alice")
+        store.faces.get_face(name, records[0].face_id)
+    coll_pk, face_pks = store.subjects.delete_subject(name, "alice")
     assert (coll_pk, face_pks) == (coll.pk, [records[1].pk])
-    assert store.face_count(coll.pk) == 1
-    store.delete_collection(name)
+    assert store.faces.face_count(coll.pk) == 1
+    store.collections.delete_collection(name)
     with pytest.raises(CollectionNotFound):
-        store.get_collection(name)
+        store.collections.get_collection(name)
 
 
 def test_pks_are_never_reused(store: FaceStore) -> None:
     """A deleted face's id must not come back: it is also the FAISS id."""
     name = f"c{next(_names)}"
-    store.create_collection(name)
-    first = store.add_faces(name, "s", [face(1)], create_subject=True)[0]
-    store.delete_face(name, first.face_id)
-    second = store.add_faces(name, "s", [face(2)], create_subject=False)[0]
+    store.collections.create_collection(name)
+    first = store.faces.add_faces(name, "s", [face(1)], create_subject=True)[0]
+    store.faces.delete_face(name, first.face_id)
+    second = store.faces.add_faces(name, "s", [face(2)], create_subject=False)[0]
     assert second.pk > first.pk
 
 
@@ -162,22 +184,22 @@ def test_old_database_gains_the_threshold_columns(empty_database: str) -> None:
     engine.dispose()
     store = FaceStore.from_url(empty_database)
     try:
-        store.add_faces("legacy", "alice", [face(1)], create_subject=True)
-        record = store.get_collection("legacy")
+        store.faces.add_faces("legacy", "alice", [face(1)], create_subject=True)
+        record = store.collections.get_collection("legacy")
         assert (record.description, record.face_count, record.identify_threshold) == ("x", 1, None)
         assert record.identify_threshold_source is None
-        updated = store.update_collection(
+        updated = store.collections.update_collection(
             "legacy", {"identify_threshold": 0.9}, threshold_source="calibration"
         )
         assert (updated.identify_threshold, updated.identify_threshold_source) == (0.9, "calibration")
         assert updated.identify_threshold_set_at is not None
-        assert store.collection_lookup("legacy").identify_threshold == 0.9
+        assert store.collections.collection_lookup("legacy").identify_threshold == 0.9
     finally:
         store.close()
     again = FaceStore.from_url(empty_database)  # idempotent: nothing left to add, data intact
     try:
         assert migrate_additive(make_engine(empty_database)) == []
-        assert again.get_collection("legacy").identify_threshold == 0.9
+        assert again.collections.get_collection("legacy").identify_threshold == 0.9
     finally:
         again.close()
 
@@ -194,15 +216,44 @@ def test_upgrade_refuses_what_it_cannot_add(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_migrations_run_in_order_after_the_missing_tables_and_log_only_changes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/steps.db")
+    old_schema().create_all(engine)  # no threshold columns, no face_thumbnails / vector_writes tables
+    ran: list[tuple[str, bool]] = []
+
+    def quiet(e: Engine) -> str | None:
+        ran.append(("quiet", "vector_writes" in inspect(e).get_table_names()))
+        return None
+
+    def loud(e: Engine) -> str | None:
+        ran.append(
+            ("loud", "identify_threshold" in {c["name"] for c in inspect(e).get_columns("collections")})
+        )
+        return "did something"
+
+    steps = (*MIGRATIONS, MigrationStep("quiet", quiet), MigrationStep("loud", loud))
+    with caplog.at_level(logging.INFO, logger="service.storage.schema"):
+        changes = migrate(engine, steps)
+    added = ", ".join(f"collections.identify_threshold{end}" for end in ("", "_source", "_set_at"))
+    assert changes == [("additive-columns", f"added columns {added}"), ("loud", "did something")]
+    assert ran == [("quiet", True), ("loud", True)]  # in order, after the tables and the columns
+    assert "store schema upgraded (loud): did something" in caplog.text
+    assert "(quiet)" not in caplog.text
+    assert migrate(engine) == []  # every start-up runs them again: nothing left to change
+    engine.dispose()
+
+
 def test_collection_threshold_roundtrip(store: FaceStore) -> None:
     name = f"c{next(_names)}"
-    created = store.create_collection(name, "", identify_threshold=1.05)
+    created = store.collections.create_collection(name, "", identify_threshold=1.05)
     assert (created.identify_threshold, created.identify_threshold_source) == (1.05, "collection")
     assert created.identify_threshold_set_at is not None
-    kept = store.update_collection(name, {"description": "new"})
+    kept = store.collections.update_collection(name, {"description": "new"})
     assert (kept.description, kept.identify_threshold) == ("new", 1.05)
-    cleared = store.update_collection(name, {"identify_threshold": None})
+    cleared = store.collections.update_collection(name, {"identify_threshold": None})
     assert (cleared.identify_threshold, cleared.identify_threshold_source) == (None, None)
     assert cleared.identify_threshold_set_at is None
     with pytest.raises(CollectionNotFound):
-        store.update_collection("missing-one", {"identify_threshold": 1.0})
+        store.collections.update_collection("missing-one", {"identify_threshold": 1.0})

@@ -12,16 +12,16 @@ import pytest
 from sqlalchemy import func, select
 
 from service.errors import FaceNotFound, ThumbnailNotFound
+from service.storage.engine import make_engine
 from service.storage.records import NewFace
-from service.storage.store import (
-    FaceStore,
+from service.storage.schema import (
     collections_table,
     face_thumbnails_table,
     faces_table,
-    make_engine,
     metadata_obj,
     subjects_table,
 )
+from service.storage.store import FaceStore
 from tests.postgres import pg_bin, postgres_server
 
 _names = itertools.count()
@@ -50,7 +50,7 @@ def face(seed: int, thumbnail: bytes | None) -> NewFace:
 
 
 def thumbnail_rows(store: FaceStore) -> int:
-    with store._engine.connect() as conn:
+    with store.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(face_thumbnails_table)).scalar_one())
 
 
@@ -58,26 +58,28 @@ def test_thumbnails_live_and_die_with_their_faces(database_url: str) -> None:
     store = FaceStore.from_url(database_url)
     name = f"t{next(_names)}"
     try:
-        store.create_collection(name)
+        store.collections.create_collection(name)
         before = thumbnail_rows(store)
-        a1, _a2 = store.add_faces(name, "a", [face(1, b"jpeg-a1"), face(2, b"jpeg-a2")], create_subject=True)
-        (b1,) = store.add_faces(name, "b", [face(3, b"jpeg-b1")], create_subject=True)
-        (c1,) = store.add_faces(name, "c", [face(4, None)], create_subject=True)
+        a1, _a2 = store.faces.add_faces(
+            name, "a", [face(1, b"jpeg-a1"), face(2, b"jpeg-a2")], create_subject=True
+        )
+        (b1,) = store.faces.add_faces(name, "b", [face(3, b"jpeg-b1")], create_subject=True)
+        (c1,) = store.faces.add_faces(name, "c", [face(4, None)], create_subject=True)
         assert thumbnail_rows(store) == before + 3
-        assert store.get_thumbnail(name, a1.face_id) == b"jpeg-a1"
+        assert store.faces.get_thumbnail(name, a1.face_id) == b"jpeg-a1"
         with pytest.raises(ThumbnailNotFound):
-            store.get_thumbnail(name, c1.face_id)
+            store.faces.get_thumbnail(name, c1.face_id)
         with pytest.raises(FaceNotFound):
-            store.get_thumbnail(name, "no-such-face")
+            store.faces.get_thumbnail(name, "no-such-face")
 
-        store.delete_face(name, a1.face_id)
+        store.faces.delete_face(name, a1.face_id)
         assert thumbnail_rows(store) == before + 2
         with pytest.raises(FaceNotFound):
-            store.get_thumbnail(name, a1.face_id)
-        store.delete_subject(name, "a")
+            store.faces.get_thumbnail(name, a1.face_id)
+        store.subjects.delete_subject(name, "a")
         assert thumbnail_rows(store) == before + 1
-        assert store.get_thumbnail(name, b1.face_id) == b"jpeg-b1"
-        store.delete_collection(name)
+        assert store.faces.get_thumbnail(name, b1.face_id) == b"jpeg-b1"
+        store.collections.delete_collection(name)
         assert thumbnail_rows(store) == before
     finally:
         store.close()
@@ -90,16 +92,16 @@ def test_a_database_from_before_thumbnails_gets_the_table(database_url: str) -> 
     metadata_obj.create_all(engine, tables=[collections_table, subjects_table, faces_table])
     old = FaceStore(engine)
     name = f"t{next(_names)}"
-    old.create_collection(name)
-    (before,) = old.add_faces(name, "s", [face(1, None)], create_subject=True)
+    old.collections.create_collection(name)
+    (before,) = old.faces.add_faces(name, "s", [face(1, None)], create_subject=True)
     engine.dispose()
 
     store = FaceStore.from_url(database_url)  # what the service does at start-up
     try:
-        (after,) = store.add_faces(name, "s", [face(2, b"jpeg")], create_subject=False)
-        assert store.get_thumbnail(name, after.face_id) == b"jpeg"
+        (after,) = store.faces.add_faces(name, "s", [face(2, b"jpeg")], create_subject=False)
+        assert store.faces.get_thumbnail(name, after.face_id) == b"jpeg"
         with pytest.raises(ThumbnailNotFound):
-            store.get_thumbnail(name, before.face_id)
-        store.delete_collection(name)
+            store.faces.get_thumbnail(name, before.face_id)
+        store.collections.delete_collection(name)
     finally:
         store.close()

@@ -210,7 +210,7 @@ def load_embeddings(store: FaceStore, collection_pk: int) -> tuple[NDArray[np.fl
     """Every embedding of a collection with its owning subject, straight from the store."""
     subject_parts: list[NDArray[np.int64]] = []
     vector_parts: list[NDArray[np.float32]] = []
-    for subjects, vectors in store.iter_subject_embeddings(collection_pk):
+    for subjects, vectors in store.faces.iter_subject_embeddings(collection_pk):
         subject_parts.append(subjects)
         vector_parts.append(vectors)
     if not vector_parts:
@@ -229,7 +229,7 @@ def calibrate_collection(
 ) -> CollectionCalibration:
     """Calibrate ``collection`` from its own faces; with ``apply`` store the result as its threshold."""
     with slot.hold():
-        record = store.get_collection(collection)
+        record = store.collections.get_collection(collection)
         before = thresholds.identify_for(
             record.identify_threshold, record.identify_threshold_source, record.identify_threshold_set_at
         )
@@ -245,7 +245,7 @@ def calibrate_collection(
                 subjects=result.subjects,
             )
         if apply:
-            updated = store.update_collection(
+            updated = store.collections.update_collection(
                 collection,
                 {"identify_threshold": round(result.recommended.threshold, 6)},
                 threshold_source="calibration",

@@ -111,9 +111,9 @@ async def enroll_images(
     ``keep_thumbnails`` stores a small JPEG of each aligned crop with its face (for the console).
     """
     # Fail fast on a missing collection/subject before spending time on the model.
-    await asyncio.to_thread(gallery.store.collection_pk, collection)
+    await asyncio.to_thread(gallery.store.collections.collection_pk, collection)
     if not create_subject:
-        await asyncio.to_thread(gallery.store.get_subject, collection, subject_id)
+        await asyncio.to_thread(gallery.store.subjects.get_subject, collection, subject_id)
     within = [img for img in images if len(img.data) <= max_upload_bytes]
     async with engine.admit([img.data for img in within]) as admitted:
         probes = dict(zip((id(img) for img in within), admitted, strict=True))

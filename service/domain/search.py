@@ -40,7 +40,7 @@ async def identify(
     force (the request's, else the collection's own, else the service's identify default)."""
     # Resolved before the image work so an unknown collection fails fast; one row read gives the
     # key and the collection's own threshold.
-    lookup = await asyncio.to_thread(gallery.store.collection_lookup, collection)
+    lookup = await asyncio.to_thread(gallery.store.collections.collection_lookup, collection)
     threshold = thresholds.identify(
         requested_threshold, lookup.identify_threshold, lookup.identify_threshold_source
     )

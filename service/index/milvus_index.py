@@ -20,8 +20,8 @@ This module therefore never upserts: a repair is delete-by-pk followed by insert
 
 Reads: identify searches at ``FACES_MILVUS_SEARCH_CONSISTENCY``. The default, ``Customized``, gives
 read-your-writes across replicas cheaply: every acknowledged insert's Milvus timestamp is kept in the
-store (``store.record_vector_write``, by the Gallery), and every replica searches with the latest one
-as its guarantee timestamp, so Milvus waits only when the collection was written a moment ago.
+store (``store.vector_writes.record_vector_write``, by the Gallery), and every replica searches with
+the latest one as its guarantee timestamp, so Milvus waits only when the collection was written a moment ago.
 ``Strong`` gives the same guarantee but waits for the proxy's next time tick on every search
 (``proxy.timeTickInterval``, 200 ms by default); ``Bounded``/``Eventually`` may miss faces enrolled a
 moment ago through another replica. Counts and repairs always read Strong.

@@ -46,7 +46,7 @@ async def delete_collection(context: Context, params: dict[str, Any]) -> dict[st
 async def list_collections(context: Context, params: dict[str, Any]) -> dict[str, Any]:
     after = decode_token(params.get("NextToken"), "collections")
     limit = page_size(params)
-    records = await asyncio.to_thread(context.services.gallery.store.list_collections)
+    records = await asyncio.to_thread(context.services.gallery.store.collections.list_collections)
     names = [r.name for r in records if context.allows(r.name) and (after is None or r.name > after)]
     page = names[:limit]
     out: dict[str, Any] = {
@@ -59,7 +59,7 @@ async def list_collections(context: Context, params: dict[str, Any]) -> dict[str
 
 
 async def describe_collection(context: Context, params: dict[str, Any]) -> dict[str, Any]:
-    record = await asyncio.to_thread(context.services.gallery.store.get_collection, params["CollectionId"])
+    record = await asyncio.to_thread(context.services.gallery.store.collections.get_collection, params["CollectionId"])
     return {
         "FaceCount": record.face_count,
         "UserCount": record.subject_count,

@@ -38,7 +38,7 @@ async def identify_threshold(context: Context, collection: str) -> tuple[int, fl
     """The collection's key and the identify threshold in force (its own or the service default):
     what /v1 identify decides with, and what Similarity 80 means for it."""
     store = context.services.gallery.store
-    lookup = await asyncio.to_thread(store.collection_lookup, collection)
+    lookup = await asyncio.to_thread(store.collections.collection_lookup, collection)
     threshold = context.services.thresholds.identify(
         None, lookup.identify_threshold, lookup.identify_threshold_source
     )

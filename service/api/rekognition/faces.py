@@ -66,7 +66,7 @@ async def list_faces(context: Context, params: dict[str, Any]) -> dict[str, Any]
     store = context.services.gallery.store
     try:
         records = await asyncio.to_thread(
-            lambda: store.faces_page(
+            lambda: store.faces.faces_page(
                 params["CollectionId"],
                 after_pk=after_pk,
                 limit=limit + 1,
@@ -90,7 +90,7 @@ async def delete_faces(context: Context, params: dict[str, Any]) -> dict[str, An
     collection = params["CollectionId"]
     face_ids: list[str] = list(dict.fromkeys(params["FaceIds"]))
     gallery = context.services.gallery
-    existing = await asyncio.to_thread(gallery.store.faces_by_id, collection, face_ids)
+    existing = await asyncio.to_thread(gallery.store.faces.faces_by_id, collection, face_ids)
     deleted = await asyncio.to_thread(gallery.delete_free_faces, collection, face_ids)
     gone = {r.face_id for r in deleted}
     unsuccessful = []

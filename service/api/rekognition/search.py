@@ -74,7 +74,7 @@ async def search_faces(context: Context, params: dict[str, Any]) -> dict[str, An
     collection, face_id = params["CollectionId"], params["FaceId"]
     pk, threshold = await identify_threshold(context, collection)
     gallery = context.services.gallery
-    found = await asyncio.to_thread(gallery.store.faces_by_id, collection, [face_id], with_embedding=True)
+    found = await asyncio.to_thread(gallery.store.faces.faces_by_id, collection, [face_id], with_embedding=True)
     record = found.get(face_id)
     if record is None or record.embedding is None:
         raise ResourceNotFound(f"Face '{face_id}' not found in '{collection}'.")
@@ -137,7 +137,7 @@ async def search_users(context: Context, params: dict[str, Any]) -> dict[str, An
     store = context.services.gallery.store
     out: dict[str, Any] = {"FaceModelVersion": context.model_version}
     if face_id is not None:
-        found = await asyncio.to_thread(store.faces_by_id, collection, [face_id], with_embedding=True)
+        found = await asyncio.to_thread(store.faces.faces_by_id, collection, [face_id], with_embedding=True)
         record = found.get(face_id)
         if record is None or record.embedding is None:
             raise ResourceNotFound(f"Face '{face_id}' not found in '{collection}'.")
@@ -146,7 +146,7 @@ async def search_users(context: Context, params: dict[str, Any]) -> dict[str, An
     else:
         assert user_id is not None
         try:
-            _ids, queries = await asyncio.to_thread(store.subject_embeddings, collection, user_id)
+            _ids, queries = await asyncio.to_thread(store.faces.subject_embeddings, collection, user_id)
         except SubjectNotFound as exc:
             raise ResourceNotFound(exc.detail) from exc
         out["SearchedUser"] = {"UserId": user_id}

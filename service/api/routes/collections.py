@@ -65,13 +65,13 @@ def create_collection(body: CollectionCreate, services: ServicesDep, caller: Cal
 
 @router.get("", response_model=CollectionList, responses=problem_responses(401, 503))
 def list_collections(services: ServicesDep, caller: CallerDep) -> CollectionList:
-    records = services.gallery.store.list_collections()
+    records = services.gallery.store.collections.list_collections()
     return CollectionList(collections=[collection_out(r, services) for r in records if caller.allows(r.name)])
 
 
 @router.get("/{collection}", response_model=CollectionOut, responses=_ONE)
 def get_collection(collection: CollectionDep, services: ServicesDep) -> CollectionOut:
-    return collection_out(services.gallery.store.get_collection(collection), services)
+    return collection_out(services.gallery.store.collections.get_collection(collection), services)
 
 
 @router.patch(
@@ -86,7 +86,7 @@ def patch_collection(
     changes = body.model_dump(include=body.model_fields_set)
     if changes.get("description", "") is None:
         changes["description"] = ""
-    return collection_out(services.gallery.store.update_collection(collection, changes), services)
+    return collection_out(services.gallery.store.collections.update_collection(collection, changes), services)
 
 
 @router.delete("/{collection}", status_code=status.HTTP_204_NO_CONTENT, responses=_ONE)

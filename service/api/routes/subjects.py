@@ -57,13 +57,13 @@ def list_subjects(
         str | None, Query(max_length=128, description="Only subjects whose id starts with this (any case)")
     ] = None,
 ) -> SubjectPage:
-    records, total = services.gallery.store.list_subjects(collection, offset, limit, id_prefix)
+    records, total = services.gallery.store.subjects.list_subjects(collection, offset, limit, id_prefix)
     return SubjectPage(items=[subject_out(r) for r in records], total=total, offset=offset, limit=limit)
 
 
 @router.get("/{subject_id}", response_model=SubjectOut, responses=_READ)
 def get_subject(collection: CollectionDep, subject_id: SubjectId, services: ServicesDep) -> SubjectOut:
-    return subject_out(services.gallery.store.get_subject(collection, subject_id))
+    return subject_out(services.gallery.store.subjects.get_subject(collection, subject_id))
 
 
 @router.patch("/{subject_id}", response_model=SubjectOut, responses=_WRITE)
@@ -73,7 +73,7 @@ def update_subject(
     if body.metadata is not None:
         _check_metadata(body.metadata, services.settings)
     changes = body.model_dump(exclude_unset=True)
-    return subject_out(services.gallery.store.update_subject(collection, subject_id, changes))
+    return subject_out(services.gallery.store.subjects.update_subject(collection, subject_id, changes))
 
 
 @router.delete("/{subject_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_READ)

@@ -1,0 +1,1 @@
+"""Test and benchmark support: shared by tests/ and bench/, never used by the running service."""
