@@ -99,7 +99,9 @@ async def index_image(
 ) -> IndexedImage:
     """Store every face of the image that passes the gate at ``level``, largest first, at most
     ``max_faces`` (the rest: EXCEEDS_MAX_FACES), as free-standing faces with one new image id."""
-    await asyncio.to_thread(gallery.store.collections.collection_pk, collection)  # unknown collection: fail fast
+    await asyncio.to_thread(
+        gallery.store.collections.collection_pk, collection
+    )  # unknown collection: fail fast
     image = await detect_faces(engine, data, max_pixels)
     config = engine.lanes.analyzer.quality
     kept: list[AnalyzedFace] = []

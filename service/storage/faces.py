@@ -187,7 +187,11 @@ class FaceRepository:
                 if owner is not None
                 else (faces_table.c.subject_pk.is_(None) | (faces_table.c.subject_pk == target))
             )
-            where = [faces_table.c.collection_pk == coll_pk, faces_table.c.face_id.in_(list(face_ids)), allowed]
+            where = [
+                faces_table.c.collection_pk == coll_pk,
+                faces_table.c.face_id.in_(list(face_ids)),
+                allowed,
+            ]
             changed = [str(v) for v in conn.execute(select(faces_table.c.face_id).where(*where)).scalars()]
             if changed:
                 conn.execute(update(faces_table).where(*where).values(subject_pk=target))

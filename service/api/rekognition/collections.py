@@ -59,7 +59,9 @@ async def list_collections(context: Context, params: dict[str, Any]) -> dict[str
 
 
 async def describe_collection(context: Context, params: dict[str, Any]) -> dict[str, Any]:
-    record = await asyncio.to_thread(context.services.gallery.store.collections.get_collection, params["CollectionId"])
+    record = await asyncio.to_thread(
+        context.services.gallery.store.collections.get_collection, params["CollectionId"]
+    )
     return {
         "FaceCount": record.face_count,
         "UserCount": record.subject_count,

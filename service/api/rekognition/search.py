@@ -74,7 +74,9 @@ async def search_faces(context: Context, params: dict[str, Any]) -> dict[str, An
     collection, face_id = params["CollectionId"], params["FaceId"]
     pk, threshold = await identify_threshold(context, collection)
     gallery = context.services.gallery
-    found = await asyncio.to_thread(gallery.store.faces.faces_by_id, collection, [face_id], with_embedding=True)
+    found = await asyncio.to_thread(
+        gallery.store.faces.faces_by_id, collection, [face_id], with_embedding=True
+    )
     record = found.get(face_id)
     if record is None or record.embedding is None:
         raise ResourceNotFound(f"Face '{face_id}' not found in '{collection}'.")

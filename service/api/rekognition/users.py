@@ -77,7 +77,9 @@ async def associate_faces(context: Context, params: dict[str, Any]) -> dict[str,
         _ids, enrolled = await asyncio.to_thread(gallery.store.faces.subject_embeddings, collection, user_id)
     except SubjectNotFound as exc:
         raise ResourceNotFound(exc.detail) from exc
-    found = await asyncio.to_thread(gallery.store.faces.faces_by_id, collection, face_ids, with_embedding=True)
+    found = await asyncio.to_thread(
+        gallery.store.faces.faces_by_id, collection, face_ids, with_embedding=True
+    )
     params.setdefault("UserMatchThreshold", DEFAULT_USER_MATCH_PERCENT)
     limit = max_distance(params, "UserMatchThreshold", threshold)
     unsuccessful: list[dict[str, Any]] = []
