@@ -1,7 +1,13 @@
-"""SigV4 on the Rekognition-compatible API: access-key ids on the key ring, scopes shared with /v1."""
+"""SigV4 on the Rekognition-compatible API: access-key ids on the key ring, scopes shared with /v1;
+the AWS CLI and the JavaScript SDK v3 signing against it."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +18,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from tests.conftest import REPO_ROOT
 from tests.rekognition_server import FacesServer, rekognition
 
 pytestmark = pytest.mark.slow
@@ -111,3 +118,107 @@ def test_tampered_expired_and_unsigned_requests(server: FacesServer) -> None:
         timeout=60,
     )
     assert huge.json()["__type"] == "UnrecognizedClientException"
+
+
+def aws_cli(server: FacesServer, tmp: Path, *args: str) -> Any:
+    """``aws rekognition ... --endpoint-url`` (PyPI awscli), signing with the ``ops`` key."""
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "ops",
+        "AWS_SECRET_ACCESS_KEY": "SECRET1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(tmp / "no-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-credentials"),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "awscli",
+            "rekognition",
+            *args,
+            "--endpoint-url",
+            server.url,
+            "--output",
+            "json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout) if done.stdout.strip() else None
+
+
+def test_aws_cli(server: FacesServer, lfw_image: Any, tmp_path: Path) -> None:
+    person = "Tony_Blair"
+    aws_cli(server, tmp_path, "create-collection", "--collection-id", "cli")
+    indexed = aws_cli(
+        server,
+        tmp_path,
+        "index-faces",
+        "--collection-id",
+        "cli",
+        "--image-bytes",
+        f"fileb://{lfw_image(person, 1)}",
+        "--external-image-id",
+        f"{person}_1",
+        "--max-faces",
+        "1",
+    )
+    face_id = indexed["FaceRecords"][0]["Face"]["FaceId"]
+    found = aws_cli(
+        server,
+        tmp_path,
+        "search-faces-by-image",
+        "--collection-id",
+        "cli",
+        "--image-bytes",
+        f"fileb://{lfw_image(person, 2)}",
+    )
+    assert [m["Face"]["FaceId"] for m in found["FaceMatches"]] == [face_id]
+    listed = aws_cli(server, tmp_path, "list-faces", "--collection-id", "cli", "--page-size", "1")
+    assert [f["FaceId"] for f in listed["Faces"]] == [face_id]
+    assert "cli" in aws_cli(server, tmp_path, "list-collections")["CollectionIds"]
+    aws_cli(server, tmp_path, "delete-collection", "--collection-id", "cli")
+
+
+JS_DIR = REPO_ROOT / "tests" / "js"
+
+
+def test_javascript_sdk_v3(server: FacesServer, lfw_image: Any) -> None:
+    """index -> search -> delete with @aws-sdk/client-rekognition (installed by .ci/run: npm ci)."""
+    node = shutil.which("node")
+    installed = (JS_DIR / "node_modules" / "@aws-sdk" / "client-rekognition").is_dir()
+    if node is None or not installed:
+        reason = "node is not installed" if node is None else "run `npm ci` in tests/js"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the JavaScript SDK test")
+        pytest.skip(reason)
+    person = "Gerhard_Schroeder"
+    done = subprocess.run(
+        [
+            node,
+            str(JS_DIR / "index_search_delete.mjs"),
+            server.url,
+            "ops",
+            "SECRET1",
+            "js-sdk",
+            str(lfw_image(person, 1)),
+            str(lfw_image(person, 2)),
+        ],
+        cwd=JS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["externalImageId"] == "js-indexed"
+    assert [m["faceId"] for m in result["matches"]] == [result["faceId"]]
+    assert 80.0 <= result["matches"][0]["similarity"] <= 100.0
+    assert result["deleted"] == [result["faceId"]]
+    assert result["remaining"] == 0
