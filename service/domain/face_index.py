@@ -11,16 +11,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+
+import numpy as np
+from numpy.typing import NDArray
 
 from service.domain.enroll import quality_dict
 from service.domain.faces import EmbeddedFace, FaceEngine
 from service.domain.gallery import Gallery
+from service.domain.thresholds import ThresholdPolicy
 from service.runtime.analyzer import AnalyzedFace
 from service.runtime.imaging import thumbnail_jpeg, upright_size
 from service.runtime.quality import BLURRY, FACE_TOO_SMALL, LOW_DETECTOR_SCORE, QualityConfig
-from service.storage.records import FaceRecord, NewFace
+from service.storage.records import CollectionRecord, FaceRecord, NewFace, SubjectRecord
 
 EXCEEDS_MAX_FACES = "exceeds_max_faces"
 NOT_LARGEST = "not_largest"
@@ -171,3 +176,55 @@ async def probe_face(
         return image
     (embedded,) = await engine.embed([chosen])
     return Probe(image.size, embedded, skipped)
+
+
+# -- reads of the face-by-face view (the API layer reads through these, never the store) -------------
+
+
+def identify_threshold_of(
+    gallery: Gallery, thresholds: ThresholdPolicy, collection: str
+) -> tuple[int, float]:
+    """The collection's key and the identify threshold in force (its own or the service default):
+    what /v1 identify decides with."""
+    lookup = gallery.store.collections.collection_lookup(collection)
+    threshold = thresholds.identify(None, lookup.identify_threshold, lookup.identify_threshold_source)
+    return lookup.pk, threshold.value
+
+
+def list_collections(gallery: Gallery) -> list[CollectionRecord]:
+    return gallery.store.collections.list_collections()
+
+
+def describe_collection(gallery: Gallery, collection: str) -> CollectionRecord:
+    return gallery.store.collections.get_collection(collection)
+
+
+def faces_page(
+    gallery: Gallery,
+    collection: str,
+    *,
+    after_pk: int,
+    limit: int,
+    subject_id: str | None = None,
+    face_ids: Sequence[str] | None = None,
+) -> list[FaceRecord]:
+    """Faces in pk order after ``after_pk``: a page of a walk that sees each face once."""
+    return gallery.store.faces.faces_page(
+        collection, after_pk=after_pk, limit=limit, subject_id=subject_id, face_ids=face_ids
+    )
+
+
+def faces_by_id(
+    gallery: Gallery, collection: str, face_ids: Sequence[str], *, with_embedding: bool = False
+) -> dict[str, FaceRecord]:
+    return gallery.store.faces.faces_by_id(collection, face_ids, with_embedding=with_embedding)
+
+
+def subject_embeddings(gallery: Gallery, collection: str, subject_id: str) -> NDArray[np.float32]:
+    """The subject's face embeddings (rows), empty when it has none; SubjectNotFound if absent."""
+    return gallery.store.faces.subject_embeddings(collection, subject_id)[1]
+
+
+def subjects_page(gallery: Gallery, collection: str, after: str | None, limit: int) -> list[SubjectRecord]:
+    """Subjects in id order after ``after``: a page of a walk that sees each subject once."""
+    return gallery.store.subjects.subjects_after(collection, after, limit)

@@ -10,6 +10,7 @@ from service.api.rekognition.common import page_size
 from service.api.rekognition.errors import InvalidParameter
 from service.api.rekognition.gateway import Context, Handler
 from service.api.rekognition.shapes import decode_token, encode_token
+from service.domain import face_index
 
 # What /v1 can name (service/api/schemas.py CollectionName): stricter than AWS's CollectionId.
 _V1_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -46,7 +47,7 @@ async def delete_collection(context: Context, params: dict[str, Any]) -> dict[st
 async def list_collections(context: Context, params: dict[str, Any]) -> dict[str, Any]:
     after = decode_token(params.get("NextToken"), "collections")
     limit = page_size(params)
-    records = await asyncio.to_thread(context.services.gallery.store.collections.list_collections)
+    records = await asyncio.to_thread(face_index.list_collections, context.services.gallery)
     names = [r.name for r in records if context.allows(r.name) and (after is None or r.name > after)]
     page = names[:limit]
     out: dict[str, Any] = {
@@ -60,7 +61,7 @@ async def list_collections(context: Context, params: dict[str, Any]) -> dict[str
 
 async def describe_collection(context: Context, params: dict[str, Any]) -> dict[str, Any]:
     record = await asyncio.to_thread(
-        context.services.gallery.store.collections.get_collection, params["CollectionId"]
+        face_index.describe_collection, context.services.gallery, params["CollectionId"]
     )
     return {
         "FaceCount": record.face_count,

@@ -7,7 +7,7 @@ from typing import Any
 
 from service.api.rekognition.errors import InvalidParameter
 from service.api.rekognition.gateway import Context
-from service.domain.face_index import QualityLevel
+from service.domain.face_index import QualityLevel, identify_threshold_of
 from service.domain.similarity import to_distance
 
 DEFAULT_MATCH_PERCENT = 80.0  # Rekognition's default FaceMatchThreshold / SimilarityThreshold
@@ -37,12 +37,8 @@ def quality_level(params: dict[str, Any], default: QualityLevel) -> QualityLevel
 async def identify_threshold(context: Context, collection: str) -> tuple[int, float]:
     """The collection's key and the identify threshold in force (its own or the service default):
     what /v1 identify decides with, and what Similarity 80 means for it."""
-    store = context.services.gallery.store
-    lookup = await asyncio.to_thread(store.collections.collection_lookup, collection)
-    threshold = context.services.thresholds.identify(
-        None, lookup.identify_threshold, lookup.identify_threshold_source
-    )
-    return lookup.pk, threshold.value
+    services = context.services
+    return await asyncio.to_thread(identify_threshold_of, services.gallery, services.thresholds, collection)
 
 
 def max_distance(params: dict[str, Any], member: str, threshold: float) -> float:

@@ -9,6 +9,7 @@ from service.api.rekognition.common import image_bytes, page_size, quality_level
 from service.api.rekognition.errors import InvalidPaginationToken, ResourceNotFound
 from service.api.rekognition.gateway import Context, Handler
 from service.api.rekognition.shapes import decode_token, encode_token, face_detail, stored_face
+from service.domain import face_index
 from service.domain.face_index import EXCEEDS_MAX_FACES, NOT_LARGEST, QualityLevel, index_image
 from service.errors import SubjectNotFound
 from service.runtime.quality import BLURRY, FACE_TOO_SMALL, LOW_DETECTOR_SCORE
@@ -63,10 +64,10 @@ async def list_faces(context: Context, params: dict[str, Any]) -> dict[str, Any]
         raise InvalidPaginationToken("The NextToken is not one this server issued.")
     after_pk = int(after) if after is not None else 0
     limit = page_size(params)
-    store = context.services.gallery.store
     try:
         records = await asyncio.to_thread(
-            lambda: store.faces.faces_page(
+            lambda: face_index.faces_page(
+                context.services.gallery,
                 params["CollectionId"],
                 after_pk=after_pk,
                 limit=limit + 1,
@@ -90,7 +91,7 @@ async def delete_faces(context: Context, params: dict[str, Any]) -> dict[str, An
     collection = params["CollectionId"]
     face_ids: list[str] = list(dict.fromkeys(params["FaceIds"]))
     gallery = context.services.gallery
-    existing = await asyncio.to_thread(gallery.store.faces.faces_by_id, collection, face_ids)
+    existing = await asyncio.to_thread(face_index.faces_by_id, gallery, collection, face_ids)
     deleted = await asyncio.to_thread(gallery.delete_free_faces, collection, face_ids)
     gone = {r.face_id for r in deleted}
     unsuccessful = []

@@ -23,6 +23,7 @@ from service.api.rekognition.errors import InvalidParameter, ResourceNotFound
 from service.api.rekognition.faces import aws_reasons
 from service.api.rekognition.gateway import Context, Handler
 from service.api.rekognition.shapes import bounding_box, confidence, face_detail, stored_face
+from service.domain import face_index
 from service.domain.face_index import ImageFaces, Probe, QualityLevel, probe_face
 from service.domain.gallery import Candidate, FaceHit
 from service.domain.similarity import similarity_percent
@@ -75,7 +76,7 @@ async def search_faces(context: Context, params: dict[str, Any]) -> dict[str, An
     pk, threshold = await identify_threshold(context, collection)
     gallery = context.services.gallery
     found = await asyncio.to_thread(
-        gallery.store.faces.faces_by_id, collection, [face_id], with_embedding=True
+        face_index.faces_by_id, gallery, collection, [face_id], with_embedding=True
     )
     record = found.get(face_id)
     if record is None or record.embedding is None:
@@ -136,10 +137,12 @@ async def search_users(context: Context, params: dict[str, Any]) -> dict[str, An
     if (user_id is None) == (face_id is None):
         raise InvalidParameter("Give exactly one of UserId and FaceId.")
     pk, threshold = await identify_threshold(context, collection)
-    store = context.services.gallery.store
+    gallery = context.services.gallery
     out: dict[str, Any] = {"FaceModelVersion": context.model_version}
     if face_id is not None:
-        found = await asyncio.to_thread(store.faces.faces_by_id, collection, [face_id], with_embedding=True)
+        found = await asyncio.to_thread(
+            face_index.faces_by_id, gallery, collection, [face_id], with_embedding=True
+        )
         record = found.get(face_id)
         if record is None or record.embedding is None:
             raise ResourceNotFound(f"Face '{face_id}' not found in '{collection}'.")
@@ -148,7 +151,7 @@ async def search_users(context: Context, params: dict[str, Any]) -> dict[str, An
     else:
         assert user_id is not None
         try:
-            _ids, queries = await asyncio.to_thread(store.faces.subject_embeddings, collection, user_id)
+            queries = await asyncio.to_thread(face_index.subject_embeddings, gallery, collection, user_id)
         except SubjectNotFound as exc:
             raise ResourceNotFound(exc.detail) from exc
         out["SearchedUser"] = {"UserId": user_id}

@@ -16,6 +16,7 @@ from service.api.rekognition.common import identify_threshold, max_distance
 from service.api.rekognition.errors import ConflictError, InvalidParameter, ResourceNotFound
 from service.api.rekognition.gateway import Context, Handler
 from service.api.rekognition.shapes import decode_token, encode_token
+from service.domain import face_index
 from service.domain.faces import squared_distance
 from service.domain.similarity import similarity_percent
 from service.errors import SubjectExists, SubjectNotFound
@@ -56,8 +57,9 @@ async def delete_user(context: Context, params: dict[str, Any]) -> dict[str, Any
 async def list_users(context: Context, params: dict[str, Any]) -> dict[str, Any]:
     after = decode_token(params.get("NextToken"), "users")
     limit = int(params.get("MaxResults") or DEFAULT_LIST_USERS)
-    store = context.services.gallery.store
-    records = await asyncio.to_thread(store.subjects.subjects_after, params["CollectionId"], after, limit + 1)
+    records = await asyncio.to_thread(
+        face_index.subjects_page, context.services.gallery, params["CollectionId"], after, limit + 1
+    )
     page = records[:limit]
     out: dict[str, Any] = {"Users": [{"UserId": r.subject_id, "UserStatus": "ACTIVE"} for r in page]}
     if len(records) > limit:
@@ -74,11 +76,11 @@ async def associate_faces(context: Context, params: dict[str, Any]) -> dict[str,
     gallery = context.services.gallery
     _pk, threshold = await identify_threshold(context, collection)
     try:
-        _ids, enrolled = await asyncio.to_thread(gallery.store.faces.subject_embeddings, collection, user_id)
+        enrolled = await asyncio.to_thread(face_index.subject_embeddings, gallery, collection, user_id)
     except SubjectNotFound as exc:
         raise ResourceNotFound(exc.detail) from exc
     found = await asyncio.to_thread(
-        gallery.store.faces.faces_by_id, collection, face_ids, with_embedding=True
+        face_index.faces_by_id, gallery, collection, face_ids, with_embedding=True
     )
     params.setdefault("UserMatchThreshold", DEFAULT_USER_MATCH_PERCENT)
     limit = max_distance(params, "UserMatchThreshold", threshold)
@@ -126,7 +128,7 @@ async def disassociate_faces(context: Context, params: dict[str, Any]) -> dict[s
     collection, user_id = params["CollectionId"], params["UserId"]
     face_ids: list[str] = list(dict.fromkeys(params["FaceIds"]))
     gallery = context.services.gallery
-    found = await asyncio.to_thread(gallery.store.faces.faces_by_id, collection, face_ids)
+    found = await asyncio.to_thread(face_index.faces_by_id, gallery, collection, face_ids)
     try:
         changed = set(await asyncio.to_thread(gallery.disassociate_faces, collection, user_id, face_ids))
     except SubjectNotFound as exc:
