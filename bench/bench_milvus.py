@@ -34,10 +34,10 @@ from bench.common import (
     random_unit_vectors,
     start_report,
 )
-from bench.milvus_server import MilvusServer, free_port
 from service.index.base import VectorIndex
 from service.index.faiss_index import IndexRegistry
 from service.index.milvus_index import Consistency, MilvusIndex
+from service.testing.milvus_server import MilvusServer, free_port
 
 DIM = 128
 K = 40  # what Gallery.search asks the index for a top-5 answer

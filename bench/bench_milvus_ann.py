@@ -50,7 +50,6 @@ from bench.common import (
     fmt_count,
     start_report,
 )
-from bench.milvus_server import MilvusServer, free_port
 from models.evaluate_lfw import FALLBACK_SCORE, choose_face, file_digest
 from service.index.milvus_index import AnnIndex, MilvusIndex
 from service.runtime.alignment import AlignmentTemplate
@@ -60,6 +59,7 @@ from service.runtime.embedder import load_embedder
 from service.runtime.imaging import decode_image
 from service.runtime.model_card import ModelCard
 from service.runtime.quality import QualityConfig
+from service.testing.milvus_server import MilvusServer, free_port
 
 logger = logging.getLogger(__name__)
 

@@ -1,18 +1,13 @@
 """A real ``faces serve`` process on 127.0.0.1 in a throw-away data directory, for the HTTP/memory benches.
 
-The server is configured only through FACES_* variables, exactly as an operator would, and is
-stopped with SIGINT so its lifespan shutdown (index snapshots) runs as in production.
+The process itself (start, readiness, SIGINT stop) is service/testing/server.py, shared with the
+tests; here are the benchmarks' settings, RSS and Prometheus readings, and the synthetic seeding.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -21,17 +16,12 @@ from pathlib import Path
 import httpx
 from tqdm import tqdm
 
-from bench.common import REPO_ROOT, random_unit_vectors, rss_bytes
+from bench.common import random_unit_vectors, rss_bytes
 from service.storage.store import FaceStore
+from service.testing.server import ServerProcess
 from service.testing.synthetic import bulk_insert_synthetic
 
 SYNTHETIC_COLLECTION = "synthetic"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,85 +39,34 @@ class ServerConfig:
     def database_url(self) -> str:
         return f"sqlite:///{self.data_dir / 'faces.db'}"
 
-    def env(self, port: int) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_")}
-        env.update(
-            {
-                "FACES_DATABASE_URL": self.database_url,
-                "FACES_INDEX_DIR": str(self.data_dir / "index"),
-                "FACES_BATCHING_ENABLED": "true" if self.batching else "false",
-                "FACES_EXECUTION_PROVIDER": "cuda" if self.device == "gpu" else "cpu",
-                "FACES_USE_GPU_INDEX": "true" if self.device == "gpu" else "false",
-                "FACES_INTRA_OP_THREADS": str(self.threads),
-                "FACES_HOST": "127.0.0.1",
-                "FACES_PORT": str(port),
-                "FACES_LOG_LEVEL": "WARNING",
-            }
-        )
-        if self.repo_root is not None:
-            env["PYTHONPATH"] = str(self.repo_root)
+    def env(self) -> dict[str, str]:
+        """The FACES_* settings of this configuration (the data directory's are added by the process)."""
+        env = {
+            "FACES_DATABASE_URL": self.database_url,
+            "FACES_BATCHING_ENABLED": "true" if self.batching else "false",
+            "FACES_EXECUTION_PROVIDER": "cuda" if self.device == "gpu" else "cpu",
+            "FACES_USE_GPU_INDEX": "true" if self.device == "gpu" else "false",
+            "FACES_INTRA_OP_THREADS": str(self.threads),
+        }
         env.update(self.extra_env or {})
         return env
 
 
-class ServiceProcess:
+class ServiceProcess(ServerProcess):
     """``python -m service.cli serve`` (or ``bench.experiments NAME serve``); ``url`` once ready."""
 
     def __init__(self, config: ServerConfig) -> None:
+        # An experiment runs the same CLI with a bench.experiments patch applied first.
+        entry = ("bench.experiments", config.experiment) if config.experiment else ("service.cli",)
+        super().__init__(config.data_dir, env=config.env(), entry=entry, repo_root=config.repo_root)
         self.config = config
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = config.data_dir / f"server-{self.port}.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self.startup_s = float("nan")
-
-    @property
-    def pid(self) -> int:
-        assert self._process is not None
-        return self._process.pid
 
     def start(self, timeout_s: float = 600.0) -> None:
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        # An experiment runs the same CLI with a bench.experiments patch applied first.
-        entry = ["bench.experiments", self.config.experiment] if self.config.experiment else ["service.cli"]
-        command = [sys.executable, "-m", *entry, "serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        started = time.perf_counter()
-        self._process = subprocess.Popen(
-            command,
-            cwd=self.config.repo_root or REPO_ROOT,
-            env=self.config.env(self.port),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = started + timeout_s
-        with httpx.Client(timeout=5.0) as client:
-            while time.perf_counter() < deadline:
-                if self._process.poll() is not None:
-                    tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
-                    raise RuntimeError(f"server exited with {self._process.returncode}:\n{tail}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if client.get(f"{self.url}/readyz").status_code == 200:
-                        self.startup_s = time.perf_counter() - started
-                        return
-                time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"server not ready after {timeout_s:.0f}s; see {self.log_path}")
+        super().start(timeout_s)
 
     def rss(self) -> tuple[int, int]:
         """(current, peak) resident bytes of the server process."""
         return rss_bytes(self.pid)
-
-    def stop(self, timeout_s: float = 60.0) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        self._process.send_signal(signal.SIGINT)
-        try:
-            self._process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
 
     def metrics(self) -> dict[str, float]:
         """Prometheus samples of the running server (name{labels} → value)."""
@@ -145,8 +84,8 @@ class ServiceProcess:
 @contextlib.contextmanager
 def running(config: ServerConfig) -> Iterator[ServiceProcess]:
     server = ServiceProcess(config)
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.stop()

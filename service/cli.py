@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = args[0], args[1:]
     if command == "serve":
         return _serve(rest)
-    from service.enroll_client import main as enroll_main
+    from faces_client.enroll import main as enroll_main
 
     return enroll_main(rest)
 

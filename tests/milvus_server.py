@@ -1,4 +1,4 @@
-"""The Milvus test server: the launcher lives in bench/milvus_server.py; here, skip locally / fail on CI."""
+"""The Milvus test server (launcher: service/testing/milvus_server.py): skip locally, fail on CI."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bench.milvus_server import MilvusServer, free_port, milvus_server_bin
+from service.testing.milvus_server import MilvusServer, free_port, milvus_server_bin
 
 __all__ = ["MilvusServer", "free_port", "require_milvus_server", "require_pymilvus"]
 

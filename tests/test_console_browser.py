@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT
+from service.testing.server import REPO_ROOT, ServerProcess, running_server
 from tests.helpers import group_photo, no_face_photo
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -62,17 +58,10 @@ def require_browser() -> None:
         pytest.skip(reason)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Server:
     url: str
-    process: subprocess.Popen[bytes]
-    log: Path
+    process: ServerProcess
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"X-API-Key": API_KEY}, timeout=30)
@@ -82,45 +71,8 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     require_browser()
     data = tmp_path_factory.mktemp("console-server")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_")}
-    env.update(
-        {
-            "FACES_DATABASE_URL": f"sqlite:///{data}/faces.db",
-            "FACES_INDEX_DIR": str(data / "index"),
-            "FACES_API_KEYS": API_KEY,
-            "FACES_LOG_LEVEL": "WARNING",
-        }
-    )
-    log = data / "server.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    srv = Server(f"http://127.0.0.1:{port}", process, log)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{srv.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server not ready:\n" + log.read_text()
-            time.sleep(0.2)
-        yield srv
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_server(data, env={"FACES_API_KEYS": API_KEY}) as process:
+        yield Server(process.url, process)
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,72 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT
-from tests.milvus_server import MilvusServer
+from service.testing.milvus_server import MilvusServer
+from service.testing.server import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
-    data_dir: Path
-    port: int
-    extra_env: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen[bytes] | None = None
-    log: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log = self.data_dir / f"server-{self.port}.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "FACES_DATABASE_URL": f"sqlite:///{self.data_dir}/faces.db",
-            "FACES_INDEX_DIR": str(self.data_dir / "index"),
-            "FACES_LOG_LEVEL": "WARNING",
-            **self.extra_env,
-        }
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server did not become ready:\n" + self.log.read_text())
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 def milvus_env(server: MilvusServer, collection: str) -> dict[str, str]:
@@ -95,12 +28,12 @@ def milvus_env(server: MilvusServer, collection: str) -> dict[str, str]:
 
 
 @pytest.fixture(params=["faiss", "milvus-server"])
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
     """A `faces serve` process on embedded FAISS, or on the real Milvus server (acks = store + Milvus)."""
     extra = {}
     if request.param == "milvus-server":
         extra = milvus_env(request.getfixturevalue("milvus_server"), f"crash_{free_port()}")
-    srv = Server(tmp_path, free_port(), extra)
+    srv = ServerProcess(tmp_path, env=extra)
     yield srv
     srv.stop()
 
@@ -160,9 +93,9 @@ def stored_faces(url: str) -> dict[str, str]:
     return faces
 
 
-def test_sigkill_during_enrollment_loses_nothing_acknowledged(server: Server, lfw_root: Path) -> None:
+def test_sigkill_during_enrollment_loses_nothing_acknowledged(server: ServerProcess, lfw_root: Path) -> None:
     images = single_face_images(lfw_root, 400)
-    server.start()
+    server.start(timeout_s=60)
     assert httpx.post(f"{server.url}/v1/collections", json={"name": "stream"}).status_code == 201
     ledger = Ledger()
     for round_number in range(2):
@@ -178,13 +111,13 @@ def test_sigkill_during_enrollment_loses_nothing_acknowledged(server: Server, lf
         target = 15 * (round_number + 1)
         while len(ledger.acked) < target and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(ledger.acked) >= target, server.log.read_text()
+        assert len(ledger.acked) >= target, server.log_tail()
         server.kill()  # mid-stream: three requests are in some stage of processing
         stop.set()
         for worker in workers:
             worker.join(timeout=30)
 
-        server.start()
+        server.start(timeout_s=60)
         stored = stored_faces(server.url)
         missing = set(ledger.acked) - set(stored)
         assert not missing, f"acknowledged faces lost after SIGKILL: {missing}"

@@ -1,15 +1,15 @@
-"""`faces enroll`: per-file outcomes, resumability, retries — against a real server and an in-process fake."""
+"""`faces enroll` (faces_client.enroll on faces_client.FacesClient): per-file outcomes, resumability,
+retries — against a real server and an in-process fake."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,13 +20,29 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.enroll_client import EnrollOptions, backoff_delay, build_parser, enroll, main
+from faces_client.client import backoff_delay
+from faces_client.enroll import EnrollOptions, build_parser, enroll, main
+from faces_client.progress import BarProgress, LineProgress, NoProgress, make_progress
+from service.testing.server import REPO_ROOT, free_port, running_server
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LfwImage = Callable[[str, int], Path]
 PEOPLE = {"George_W_Bush": 3, "Colin_Powell": 2, "Serena_Williams": 2, "Gerhard_Schroeder": 2}
+
+
+def _collection(name: str, subject_count: int = 0) -> dict[str, Any]:
+    threshold = {"value": 1.0, "source": "model_card", "set_at": None}
+    return {
+        "name": name,
+        "description": "",
+        "created_at": "2026-01-01T00:00:00Z",
+        "subject_count": subject_count,
+        "face_count": 0,
+        "identify_threshold": threshold,
+        "verify_threshold": threshold,
+    }
 
 
 def _problem(status: int, code: str, detail: str) -> JSONResponse:
@@ -47,6 +63,8 @@ class FakeApi:
     collections: set[str] = field(default_factory=set)
     faces: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
+    # Idempotency-Key of every upload, in arrival order: (filename, key).
+    upload_keys: list[tuple[str, str | None]] = field(default_factory=list)
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -63,7 +81,7 @@ class FakeApi:
         async def get_collection(c: str) -> Response:
             if c not in self.collections:
                 return _problem(404, "collection_not_found", c)
-            return JSONResponse({"name": c})
+            return JSONResponse(_collection(c, sum(1 for key in self.faces if key[0] == c)))
 
         @app.post("/v1/collections")
         async def create_collection(request: Request) -> Response:
@@ -71,7 +89,16 @@ class FakeApi:
             if name in self.collections:
                 return _problem(409, "collection_exists", name)
             self.collections.add(name)
-            return JSONResponse({"name": name}, status_code=201)
+            return JSONResponse(_collection(name), status_code=201)
+
+        @app.delete("/v1/collections/{c}")
+        async def delete_collection(c: str) -> Response:
+            if c not in self.collections:
+                return _problem(404, "collection_not_found", c)
+            self.collections.discard(c)
+            for key in [key for key in self.faces if key[0] == c]:
+                del self.faces[key]
+            return Response(status_code=204)
 
         @app.post("/v1/collections/{c}/subjects")
         async def create_subject(c: str, request: Request) -> Response:
@@ -79,27 +106,33 @@ class FakeApi:
             if (c, subject_id) in self.faces:
                 return _problem(409, "subject_exists", subject_id)
             self.faces[(c, subject_id)] = []
-            return JSONResponse({"subject_id": subject_id}, status_code=201)
+            subject = {"subject_id": subject_id, "name": None, "metadata": {}, "face_count": 0}
+            return JSONResponse(subject, status_code=201)
 
         @app.delete("/v1/collections/{c}/subjects/{s}")
         async def delete_subject(c: str, s: str) -> Response:
+            if c not in self.collections:
+                return _problem(404, "collection_not_found", c)
             if self.faces.pop((c, s), None) is None:
                 return _problem(404, "subject_not_found", s)
             return Response(status_code=204)
 
         @app.get("/v1/collections/{c}/subjects/{s}/faces")
         async def list_faces(c: str, s: str) -> Response:
+            if c not in self.collections:
+                return _problem(404, "collection_not_found", c)
             if (c, s) not in self.faces:
                 return _problem(404, "subject_not_found", s)
             return JSONResponse({"faces": self.faces[(c, s)]})
 
         @app.post("/v1/collections/{c}/subjects/{s}/faces")
         async def enroll_faces(c: str, s: str, request: Request) -> Response:
+            form = await request.form()
+            upload: Any = form["images"]
+            self.upload_keys.append((upload.filename, request.headers.get("idempotency-key")))
             if self.upload_failures:
                 status = self.upload_failures.pop(0)
                 return _problem(status, f"http_{status}", "scripted failure")
-            form = await request.form()
-            upload: Any = form["images"]
             data = await upload.read()
             if data[:3] != b"\xff\xd8\xff" and data[:4] != b"\x89PNG":
                 return _problem(415, "unsupported_media_type", "Only JPEG, PNG and WebP images are accepted.")
@@ -114,26 +147,39 @@ class FakeApi:
 
         return app
 
+    def transport(self) -> AppTransport:
+        return AppTransport(self.app())
 
-class FlakyTransport(httpx.AsyncBaseTransport):
+
+class AppTransport(httpx.BaseTransport):
+    """The synchronous client's requests handed to an ASGI app in this process (through TestClient)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.client = TestClient(app)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        response = self.client.send(request)
+        return httpx.Response(response.status_code, headers=response.headers, content=response.content)
+
+
+class FlakyTransport(httpx.BaseTransport):
     """Fails the first ``failures`` requests matching ``method path``; ``after_send`` loses the reply."""
 
-    def __init__(
-        self, inner: httpx.AsyncBaseTransport, target: str, failures: int, *, after_send: bool
-    ) -> None:
+    def __init__(self, inner: httpx.BaseTransport, target: str, failures: int, *, after_send: bool) -> None:
         self.inner = inner
         self.target = target
         self.failures = failures
         self.after_send = after_send
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
         if f"{request.method} {request.url.path}".endswith(self.target) and self.failures > 0:
             self.failures -= 1
             if self.after_send:
-                await self.inner.handle_async_request(request)
+                self.inner.handle_request(request)
                 raise httpx.ReadError("connection reset after the request was sent", request=request)
             raise httpx.ConnectError("connection refused", request=request)
-        return await self.inner.handle_async_request(request)
+        return self.inner.handle_request(request)
 
 
 def _options(root: Path, **overrides: Any) -> EnrollOptions:
@@ -142,16 +188,14 @@ def _options(root: Path, **overrides: Any) -> EnrollOptions:
         "collection": "staff",
         "base_url": "http://fake",
         "backoff_base_s": 0.001,
-        "show_progress": False,
+        "progress": "none",
     }
     values.update(overrides)
     return EnrollOptions(**values)
 
 
-def _run(options: EnrollOptions, transport: httpx.AsyncBaseTransport) -> Any:
-    import asyncio
-
-    return asyncio.run(enroll(options, transport=transport))
+def _run(options: EnrollOptions, transport: httpx.BaseTransport) -> Any:
+    return enroll(options, transport=transport)
 
 
 @pytest.fixture
@@ -182,7 +226,7 @@ def test_enrolls_each_file_and_reports_rejections_without_failing(small_tree: Pa
         str(report_path),
     ]
 
-    code = main(argv, transport=httpx.ASGITransport(app=fake.app()))
+    code = main(argv, transport=fake.transport())
 
     assert code == 0
     report = json.loads(report_path.read_text())
@@ -201,7 +245,7 @@ def test_rerun_skips_files_already_enrolled_and_uploads_only_new_ones(
     small_tree: Path, lfw_image: LfwImage
 ) -> None:
     fake = FakeApi()
-    transport = httpx.ASGITransport(app=fake.app())
+    transport = fake.transport()
     first = _run(_options(small_tree), transport)
     assert first.counts()["enrolled"] == 3
 
@@ -226,7 +270,7 @@ def test_identical_files_in_one_subject_are_uploaded_once(tmp_path: Path, lfw_im
     shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell" / "b.jpg")
     fake = FakeApi()
 
-    report = _run(_options(root, concurrency=1), httpx.ASGITransport(app=fake.app()))
+    report = _run(_options(root, concurrency=1), fake.transport())
 
     assert report.counts()["enrolled"] == 1
     assert [o.code for o in report.skipped] == ["duplicate_in_run"]
@@ -239,7 +283,7 @@ def test_retries_503_with_backoff_then_succeeds(tmp_path: Path, lfw_image: LfwIm
     shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
     fake = FakeApi(upload_failures=[503, 503])
 
-    report = _run(_options(root), httpx.ASGITransport(app=fake.app()))
+    report = _run(_options(root), fake.transport())
 
     assert report.ok
     assert report.counts()["enrolled"] == 1
@@ -266,7 +310,7 @@ def test_gives_up_after_the_retry_budget_and_exits_1(tmp_path: Path, lfw_image: 
         str(tmp_path / "r.json"),
     ]
 
-    code = main(argv, transport=httpx.ASGITransport(app=fake.app()))
+    code = main(argv, transport=fake.transport())
 
     report = json.loads((tmp_path / "r.json").read_text())
     assert code == 1
@@ -282,7 +326,7 @@ def test_client_errors_are_never_retried(tmp_path: Path, lfw_image: LfwImage) ->
     shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
     fake = FakeApi(upload_failures=[400])
 
-    report = _run(_options(root), httpx.ASGITransport(app=fake.app()))
+    report = _run(_options(root), fake.transport())
 
     assert not report.ok
     assert [(o.code, o.attempts) for o in report.failed] == [("http_400", 1)]
@@ -294,7 +338,7 @@ def test_connection_errors_are_retried(tmp_path: Path, lfw_image: LfwImage) -> N
     (root / "Colin_Powell").mkdir(parents=True)
     shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
     fake = FakeApi()
-    transport = FlakyTransport(httpx.ASGITransport(app=fake.app()), "/faces", 2, after_send=False)
+    transport = FlakyTransport(fake.transport(), "/faces", 2, after_send=False)
 
     report = _run(_options(root), transport)
 
@@ -311,7 +355,7 @@ def test_a_lost_reply_does_not_enroll_the_file_twice(tmp_path: Path, lfw_image: 
     fake.faces[("staff", "Colin_Powell")] = []
     # Only the upload (POST) loses its reply; the listing used to check is a GET.
     transport = FlakyTransport(
-        httpx.ASGITransport(app=fake.app()),
+        fake.transport(),
         "POST /v1/collections/staff/subjects/Colin_Powell/faces",
         1,
         after_send=True,
@@ -322,11 +366,12 @@ def test_a_lost_reply_does_not_enroll_the_file_twice(tmp_path: Path, lfw_image: 
     assert report.counts()["enrolled"] == 1
     assert len(fake.faces[("staff", "Colin_Powell")]) == 1
     assert report.enrolled[0].face_id == fake.faces[("staff", "Colin_Powell")][0]["face_id"]
+    assert report.enrolled[0].attempts == 1  # the one upload that landed; its lost reply was not re-sent
 
 
 def test_a_missing_or_wrong_api_key_stops_the_run_before_uploading(small_tree: Path) -> None:
     fake = FakeApi(api_key="s3cret")
-    transport = httpx.ASGITransport(app=fake.app())
+    transport = fake.transport()
 
     refused = _run(_options(small_tree, api_key="wrong"), transport)
     accepted = _run(_options(small_tree, api_key="s3cret"), transport)
@@ -345,7 +390,7 @@ def test_unreadable_files_are_reported_and_the_rest_enrolled(tmp_path: Path, lfw
     shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
     (root / "Colin_Powell" / "gone.jpg").symlink_to(tmp_path / "does-not-exist.jpg")
 
-    report = _run(_options(root), httpx.ASGITransport(app=FakeApi().app()))
+    report = _run(_options(root), FakeApi().transport())
 
     assert report.counts()["enrolled"] == 1
     assert [(Path(o.path).name, o.code) for o in report.failed] == [("gone.jpg", "unreadable_file")]
@@ -376,7 +421,7 @@ def test_a_subject_whose_files_are_all_rejected_is_not_left_behind_empty(tmp_pat
         (root / subject).mkdir(parents=True)
         (root / subject / "notes.jpg").write_text("not an image")
 
-    report = _run(_options(root), httpx.ASGITransport(app=fake.app()))
+    report = _run(_options(root), fake.transport())
 
     assert report.ok
     assert report.counts()["rejected"] == 2
@@ -384,63 +429,159 @@ def test_a_subject_whose_files_are_all_rejected_is_not_left_behind_empty(tmp_pat
     assert ("staff", "Existing") in fake.faces
     assert report.removed_subjects == ["Nobody"]
     assert report.to_json()["removed_empty_subjects"] == ["Nobody"]
+    # The collection existed before the run: it stays, although nothing was enrolled into it.
+    assert fake.collections == {"staff"}
+    assert report.removed_collection is None
+
+
+def test_a_collection_the_run_created_is_removed_when_every_image_is_rejected(tmp_path: Path) -> None:
+    fake = FakeApi()
+    root = tmp_path / "people"
+    (root / "Nobody").mkdir(parents=True)
+    (root / "Nobody" / "notes.jpg").write_text("not an image")
+
+    report = _run(_options(root), fake.transport())
+
+    assert report.ok
+    assert report.counts()["rejected"] == 1
+    assert fake.calls["POST /v1/collections"] == 1  # the run did create it...
+    assert fake.collections == set()  # ...and did not leave it behind empty
+    assert fake.faces == {}
+    assert report.removed_collection == "staff"
+    assert report.to_json()["removed_empty_collection"] == "staff"
+    assert "collection 'staff' not kept" in report.summary()
+
+
+def test_a_collection_the_run_created_is_kept_once_one_image_is_enrolled(
+    small_tree: Path,
+) -> None:
+    fake = FakeApi()
+
+    report = _run(_options(small_tree), fake.transport())
+
+    assert report.counts()["enrolled"] == 3
+    assert fake.collections == {"staff"}
+    assert report.removed_collection is None
+
+
+def test_every_upload_carries_an_idempotency_key_stable_per_file_and_target(
+    tmp_path: Path, lfw_image: LfwImage
+) -> None:
+    root = tmp_path / "people"
+    (root / "Colin_Powell").mkdir(parents=True)
+    shutil.copy(lfw_image("Colin_Powell", 1), root / "Colin_Powell")
+    shutil.copy(lfw_image("Colin_Powell", 2), root / "Colin_Powell")
+    (root / "Colin_Powell" / "broken.jpg").write_text("this is not a JPEG")
+    fake = FakeApi(upload_failures=[503, 503])
+    transport = fake.transport()
+
+    first = _run(_options(root, concurrency=1), transport)
+    keys_first = list(fake.upload_keys)
+    fake.upload_keys.clear()
+    second = _run(_options(root, concurrency=1), transport)  # re-run: only the rejected file goes again
+    other = _run(_options(root, concurrency=1, collection="elsewhere"), transport)
+
+    assert first.counts()["enrolled"] == 2
+    assert second.counts()["skipped"] == 2
+    assert other.counts()["enrolled"] == 2
+    by_file: dict[str, set[str | None]] = {}
+    for filename, key in keys_first:
+        by_file.setdefault(filename, set()).add(key)
+    # Two 503s and their retries: one key per file, the same on every attempt, and a different one per file.
+    assert len(keys_first) == 3 + 2
+    assert all(len(keys) == 1 and None not in keys for keys in by_file.values())
+    assert len({next(iter(keys)) for keys in by_file.values()}) == 3
+    # The re-run sends the same key for the same file into the same collection; another collection, another.
+    rerun = dict(fake.upload_keys[:1])
+    assert rerun == {"broken.jpg": next(iter(by_file["broken.jpg"]))}
+    elsewhere = dict(fake.upload_keys[1:])
+    assert set(elsewhere) == {"broken.jpg", "Colin_Powell_0001.jpg", "Colin_Powell_0002.jpg"}
+    assert not set(elsewhere.values()) & {next(iter(k)) for k in by_file.values()}
+
+
+class CountingTransport(httpx.BaseTransport):
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.requests = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        return self.inner.handle_request(request)
+
+
+def test_a_server_that_is_not_running_fails_fast_with_a_clear_message(
+    small_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    transport = CountingTransport(httpx.HTTPTransport())
+    argv = [str(small_tree), "--collection", "staff", "--base-url", url, "--report", str(tmp_path / "r.json")]
+
+    code = main(argv, transport=transport)
+
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert code == 1
+    assert transport.requests == 1  # one refused connection, no retries with backoff
+    assert f"is the server running at {url}? start it with `faces serve`" in report["fatal_error"]
+    assert f"is the server running at {url}?" in out
+    assert "ConnectError" not in out
+    assert report["counts"]["enrolled"] == 0
+
+
+def test_progress_on_a_redirected_stream_is_a_few_plain_lines(
+    small_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeApi()
+    report_path = str(tmp_path / "r.json")
+    argv = [str(small_tree), "--collection", "staff", "--base-url", "http://fake", "--report", report_path]
+
+    assert main(argv, transport=fake.transport()) == 0
+
+    err = capsys.readouterr().err  # pytest's capture is not a terminal, as a redirected stderr
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("enroll:")]
+    assert lines == [lines[-1]]  # a short run: just the final line
+    assert lines[-1].startswith("enroll: 4/4 files (enrolled 3, skipped 0, rejected 1, failed 0")
+
+
+def test_line_progress_writes_once_per_interval_not_per_file() -> None:
+    now = [0.0]
+    stream = io.StringIO()
+    progress = LineProgress(100, stream, interval_s=10.0, clock=lambda: now[0])
+
+    for i in range(100):
+        now[0] = i * 0.35  # 100 files over ~35 s
+        progress.update({"enrolled": i + 1})
+    progress.close()
+
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4  # at 10, 20 and 30 s, and the final one
+    assert lines[-1].startswith("enroll: 100/100 files (enrolled 100) in 35 s")
+    assert "left" in lines[0]
+    assert "left" not in lines[-1]
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise() -> None:
+    leader, follower = os.openpty()
+    with os.fdopen(follower, "w") as terminal:
+        try:
+            assert isinstance(make_progress("auto", 10, terminal, 10.0), BarProgress)
+        finally:
+            os.close(leader)
+    assert isinstance(make_progress("auto", 10, io.StringIO(), 10.0), LineProgress)
+    assert isinstance(make_progress("bar", 10, io.StringIO(), 10.0), BarProgress)
+    assert isinstance(make_progress("none", 10, io.StringIO(), 10.0), NoProgress)
 
 
 # ---------------------------------------------------------------- against the real server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`faces serve` in a subprocess on a free port, with its own SQLite store and index dir."""
-    tmp_path = tmp_path_factory.mktemp("server")
-    port = _free_port()
-    # No FACES_* from the caller's environment leaks in (API keys would lock the test client out).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_")}
-    env.update(
-        {
-            "FACES_DATABASE_URL": f"sqlite:///{tmp_path / 'faces.db'}",
-            "FACES_INDEX_DIR": str(tmp_path / "index"),
-            "FACES_EXECUTION_PROVIDER": "cpu",
-            "FACES_USE_GPU_INDEX": "false",
-        }
-    )
-    log = (tmp_path / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited: {(tmp_path / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready: {(tmp_path / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield base_url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    env = {"FACES_EXECUTION_PROVIDER": "cpu", "FACES_USE_GPU_INDEX": "false"}
+    with running_server(tmp_path_factory.mktemp("server"), env=env) as server:
+        yield server.url
 
 
 @pytest.mark.slow
@@ -606,3 +747,23 @@ def test_no_empty_subject_when_every_real_image_is_rejected(
         assert client.get("/v1/collections/rejects/subjects/Nobody").status_code == 404
         listed = client.get("/v1/collections/rejects/subjects").json()
         assert [s["subject_id"] for s in listed["items"]] == ["Colin_Powell"]
+
+
+@pytest.mark.slow
+def test_a_collection_created_for_nothing_is_removed_on_the_real_server(
+    live_server: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "people"
+    (root / "Nobody").mkdir(parents=True)
+    Image.new("RGB", (160, 160), (40, 120, 200)).save(root / "Nobody" / "solid_blue.png")
+    argv = [str(root), "--collection", "nothing-kept", "--base-url", live_server, "--no-progress"]
+
+    code = main([*argv, "--report", str(tmp_path / "r.json")])
+
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert code == 0, report
+    assert [r["code"] for r in report["rejected"]] == ["no_face"]
+    assert report["removed_empty_subjects"] == ["Nobody"]
+    assert report["removed_empty_collection"] == "nothing-kept"
+    with httpx.Client(base_url=live_server) as client:
+        assert client.get("/v1/collections/nothing-kept").status_code == 404

@@ -9,16 +9,6 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from models.train.fusion import (
-    FusionConfig,
-    SavedProjection,
-    concatenate,
-    load_projection,
-    pca_only,
-    save_projection,
-    score_fusion_weights,
-    train_fusion,
-)
 from models.train.fusion_data import BackboneEmbeddings, LfwFaces, aligner_for, detect_landmarks, embed_faces
 from models.train.fusion_eval import flip_average
 from models.train.fusion_export import (
@@ -29,6 +19,16 @@ from models.train.fusion_export import (
     make_card,
     parity,
     reference_embeddings,
+)
+from models.train.fusion_model import (
+    FusionConfig,
+    SavedProjection,
+    concatenate,
+    load_projection,
+    pca_only,
+    save_projection,
+    score_fusion_weights,
+    train_fusion,
 )
 from service.runtime.analyzer import FaceAnalyzer
 from service.runtime.detector import load_detector

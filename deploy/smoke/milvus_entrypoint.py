@@ -1,6 +1,6 @@
 """Entry point of the smoke test's Milvus image (deploy/smoke/milvus.Containerfile); smoke test only.
 
-Runs the Milvus 2.3.5 standalone server of the PyPI wheel through bench/milvus_server.py (the
+Runs the Milvus 2.3.5 standalone server of the PyPI wheel through service/testing/milvus_server.py (the
 launcher the tests use: retried start, readiness = a real client call, a clean stop of the whole
 process group) and stays in the foreground until SIGTERM/SIGINT, so ``podman stop``/``restart``
 stop Milvus cleanly (its etcd sessions are revoked). Exits non-zero when the server dies.
@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from bench.milvus_server import MilvusServer
+from service.testing.milvus_server import MilvusServer
 
 logger = logging.getLogger("milvus_entrypoint")
 

@@ -33,15 +33,16 @@ from models.lfw import (
     tar_at_far,
 )
 from models.openset import evaluate_openset
-from models.train.fusion import (
+from models.train.fusion_data import BackboneEmbeddings, LfwFaces
+from models.train.fusion_model import (
     FusionConfig,
     TrainedFusion,
     concatenate,
+    config_from,
     l2_normalize,
     pca_only,
     train_fusion,
 )
-from models.train.fusion_data import BackboneEmbeddings, LfwFaces
 
 logger = logging.getLogger(__name__)
 
@@ -273,8 +274,6 @@ def openset_headline(report: dict[str, Any]) -> dict[str, float]:
 
 
 def build_variants(args: argparse.Namespace, pairs: list[LfwPair], backbones: list[str]) -> list[Variant]:
-    from models.train.fusion import config_from
-
     variants = [backbone_variant(i, name) for i, name in enumerate(backbones)]
     variants += [backbone_variant(0, backbones[0], flip=True)]
     if len(backbones) > 1:

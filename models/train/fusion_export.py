@@ -33,7 +33,7 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from onnx import TensorProto, compose, helper, numpy_helper, version_converter
 
-from models.train.fusion import FUSED_DIM, REPO_ROOT, SavedProjection, load_projection
+from models.train.fusion_model import FUSED_DIM, REPO_ROOT, SavedProjection, load_projection
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from numpy.typing import NDArray
 
 from models.lfw import fold_people, read_pairs, roc_auc, tar_at_far
 from models.openset import evaluate_openset, find_config
-from models.train.fusion import REPO_ROOT, FusionConfig, pca_only, train_fusion
 from models.train.fusion_data import LANDMARKS_FILE, load_embeddings, load_faces
 from models.train.fusion_eval import LfwEmbeddings
+from models.train.fusion_model import REPO_ROOT, FusionConfig, pca_only, train_fusion
 
 DATA = REPO_ROOT / "runs" / "fusion"
 LFW = REPO_ROOT.parent / "shared" / "data" / "lfw"

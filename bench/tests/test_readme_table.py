@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.common import fmt
+from bench.common import RESULTS_DIR, fmt
 from bench.readme_table import END, START, headline_rows, update_readme
-from bench.run_all import RESULTS_DIR, load_reports
+from bench.run_all import load_reports
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_readme_table_is_rewritten_between_the_markers_only(tmp_path: Path) -> None:
