@@ -16,10 +16,11 @@ import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
+from service.testing.server import ServerProcess
 from tests.helpers import group_photo, jpeg_bytes, no_face_photo
 from tests.milvus_server import require_pymilvus
 from tests.postgres import store_url
-from tests.rekognition_server import FacesServer, rekognition
+from tests.rekognition_server import rekognition
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,9 @@ LANES = {
 
 
 @pytest.fixture(scope="module", params=list(LANES))
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FacesServer]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     """``faces serve`` on each store and vector engine, auth off (any signature is accepted)."""
     store, engine = LANES[request.param]
     tmp = tmp_path_factory.mktemp(f"rekognition-{request.param}")
@@ -52,7 +55,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     if engine == "milvus":
         require_pymilvus()
         env |= {"FACES_VECTOR_BACKEND": "milvus", "FACES_MILVUS_URI": str(tmp / "milvus.db")}
-    srv = FacesServer(tmp, env)
+    srv = ServerProcess(tmp, env=env)
     srv.start()
     yield srv
     srv.stop()
@@ -90,7 +93,7 @@ def error_code(call: Callable[[], Any]) -> str:
     return str(caught.value.response["Error"]["Code"])
 
 
-def test_done_when_flow_matches_v1_identify(server: FacesServer, lfw_image: LfwImage) -> None:
+def test_done_when_flow_matches_v1_identify(server: ServerProcess, lfw_image: LfwImage) -> None:
     client = rekognition(server.url)
     collection = "office"
     client.create_collection(CollectionId=collection)
@@ -233,12 +236,12 @@ def test_done_when_flow_matches_v1_identify(server: FacesServer, lfw_image: LfwI
     )
 
 
-def _only_sqlite_faiss(server: FacesServer) -> None:
+def _only_sqlite_faiss(server: ServerProcess) -> None:
     if "sqlite-faiss" not in str(server.data_dir):
         pytest.skip("transport details are the same on every lane")
 
 
-def test_one_truth_with_v1_and_collection_paginator(server: FacesServer, lfw_image: LfwImage) -> None:
+def test_one_truth_with_v1_and_collection_paginator(server: ServerProcess, lfw_image: LfwImage) -> None:
     _only_sqlite_faiss(server)
     client = rekognition(server.url)
     names = [f"both-{i}" for i in range(5)]
@@ -274,7 +277,7 @@ def test_one_truth_with_v1_and_collection_paginator(server: FacesServer, lfw_ima
         client.delete_collection(CollectionId=name)
 
 
-def raw_call(server: FacesServer, operation: str, body: bytes | str, **headers: str) -> httpx.Response:
+def raw_call(server: ServerProcess, operation: str, body: bytes | str, **headers: str) -> httpx.Response:
     return httpx.post(
         f"{server.url}/",
         content=body,
@@ -295,7 +298,7 @@ def assert_aws_error(response: httpx.Response, status: int, code: str) -> str:
     return str(body["message"])
 
 
-def test_each_error_class(server: FacesServer, lfw_image: LfwImage) -> None:
+def test_each_error_class(server: ServerProcess, lfw_image: LfwImage) -> None:
     _only_sqlite_faiss(server)
     client = rekognition(server.url)
     client.create_collection(CollectionId="errors")
@@ -380,7 +383,7 @@ def test_each_error_class(server: FacesServer, lfw_image: LfwImage) -> None:
     client.delete_collection(CollectionId="errors")
 
 
-def test_index_faces_max_faces_and_quality_filter(server: FacesServer, lfw_image: LfwImage) -> None:
+def test_index_faces_max_faces_and_quality_filter(server: ServerProcess, lfw_image: LfwImage) -> None:
     _only_sqlite_faiss(server)
     client = rekognition(server.url)
     client.create_collection(CollectionId="group")

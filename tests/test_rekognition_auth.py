@@ -18,8 +18,9 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
+from service.testing.server import ServerProcess
 from tests.conftest import REPO_ROOT
-from tests.rekognition_server import FacesServer, rekognition
+from tests.rekognition_server import rekognition
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +28,8 @@ KEYS = "ops=SECRET1;cam=SECRET2:lobby;legacy-key"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FacesServer]:
-    srv = FacesServer(tmp_path_factory.mktemp("rekognition-auth"), {"FACES_API_KEYS": KEYS})
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path_factory.mktemp("rekognition-auth"), env={"FACES_API_KEYS": KEYS})
     srv.start()
     yield srv
     srv.stop()
@@ -41,7 +42,7 @@ def code_of(call: Any) -> str:
     return f"{response['Error']['Code']}/{response['ResponseMetadata']['HTTPStatusCode']}"
 
 
-def test_keys_ids_and_scopes(server: FacesServer, lfw_image: Any) -> None:
+def test_keys_ids_and_scopes(server: ServerProcess, lfw_image: Any) -> None:
     ops = rekognition(server.url, "ops", "SECRET1")
     cam = rekognition(server.url, "cam", "SECRET2")
     ops.create_collection(CollectionId="lobby")
@@ -71,7 +72,7 @@ def test_keys_ids_and_scopes(server: FacesServer, lfw_image: Any) -> None:
     )
 
 
-def test_tampered_expired_and_unsigned_requests(server: FacesServer) -> None:
+def test_tampered_expired_and_unsigned_requests(server: ServerProcess) -> None:
     ops = rekognition(server.url, "ops", "SECRET1")
 
     def tamper(request: Any, **_: Any) -> None:  # after signing, before sending
@@ -120,7 +121,7 @@ def test_tampered_expired_and_unsigned_requests(server: FacesServer) -> None:
     assert huge.json()["__type"] == "UnrecognizedClientException"
 
 
-def aws_cli(server: FacesServer, tmp: Path, *args: str) -> Any:
+def aws_cli(server: ServerProcess, tmp: Path, *args: str) -> Any:
     """``aws rekognition ... --endpoint-url`` (PyPI awscli), signing with the ``ops`` key."""
     env = {
         **os.environ,
@@ -152,7 +153,7 @@ def aws_cli(server: FacesServer, tmp: Path, *args: str) -> Any:
     return json.loads(done.stdout) if done.stdout.strip() else None
 
 
-def test_aws_cli(server: FacesServer, lfw_image: Any, tmp_path: Path) -> None:
+def test_aws_cli(server: ServerProcess, lfw_image: Any, tmp_path: Path) -> None:
     person = "Tony_Blair"
     aws_cli(server, tmp_path, "create-collection", "--collection-id", "cli")
     indexed = aws_cli(
@@ -188,7 +189,7 @@ def test_aws_cli(server: FacesServer, lfw_image: Any, tmp_path: Path) -> None:
 JS_DIR = REPO_ROOT / "tests" / "js"
 
 
-def test_javascript_sdk_v3(server: FacesServer, lfw_image: Any) -> None:
+def test_javascript_sdk_v3(server: ServerProcess, lfw_image: Any) -> None:
     """index -> search -> delete with @aws-sdk/client-rekognition (installed by .ci/run: npm ci)."""
     node = shutil.which("node")
     installed = (JS_DIR / "node_modules" / "@aws-sdk" / "client-rekognition").is_dir()
