@@ -26,7 +26,15 @@ from service.api.rekognition.errors import (
     from_service_error,
 )
 from service.api.rekognition.model import load_model
-from service.errors import CollectionExists, CollectionNotFound, NoFaceFound, ServerBusy, UnsupportedMediaType
+from service.errors import (
+    CollectionExists,
+    CollectionNotFound,
+    ImageError,
+    ImageTooManyPixels,
+    NoFaceFound,
+    ServerBusy,
+    UnsupportedMediaType,
+)
 
 URL = "http://127.0.0.1:8000/"
 
@@ -138,6 +146,8 @@ def test_every_handled_operation_is_in_botocore_model() -> None:
         (CollectionNotFound("x"), ResourceNotFound, 400),
         (CollectionExists("x"), ResourceAlreadyExists, 400),
         (UnsupportedMediaType("x"), InvalidImageFormat, 400),
+        (ImageError("x"), InvalidImageFormat, 400),
+        (ImageTooManyPixels("x"), ImageTooLarge, 400),
         (NoFaceFound("x"), InvalidParameter, 400),
         (ServerBusy("x", retry_after=1), Throttling, 500),
     ],

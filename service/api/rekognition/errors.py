@@ -15,6 +15,7 @@ from service.errors import (
     CollectionNotFound,
     FaceNotFound,
     ImageError,
+    ImageTooManyPixels,
     NotFound,
     NotReady,
     PayloadTooLarge,
@@ -107,7 +108,7 @@ def from_service_error(exc: ServiceError) -> AwsError:
         return ResourceAlreadyExists(detail)
     if isinstance(exc, CollectionNotFound | FaceNotFound | NotFound):
         return ResourceNotFound(detail)
-    if isinstance(exc, PayloadTooLarge | RequestTooManyPixels):
+    if isinstance(exc, PayloadTooLarge | RequestTooManyPixels | ImageTooManyPixels):
         return ImageTooLarge(detail)
     if isinstance(exc, UnsupportedMediaType | ImageError):
         return InvalidImageFormat(detail)
