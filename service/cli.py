@@ -34,11 +34,10 @@ def _settings_epilog() -> str:
 
 
 def _serve(argv: list[str]) -> int:
-    import uvicorn
+    # Only the settings (pydantic) before the arguments are parsed: the app's imports (FastAPI,
+    # onnxruntime, FAISS, OpenCV) take seconds and ``faces serve --help`` needs none of them.
     from pydantic import ValidationError
 
-    from service.main import create_app
-    from service.observability import configure_logging
     from service.settings import Settings
 
     try:
@@ -60,6 +59,12 @@ def _serve(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     settings = settings.model_copy(update={"host": args.host, "port": args.port})
+
+    import uvicorn
+
+    from service.main import create_app
+    from service.observability import configure_logging
+
     configure_logging(settings.log_level)
     uvicorn.run(
         create_app(settings),

@@ -8,13 +8,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
 from service.api.auth import ApiKeyAuth, KeyRing
+from service.api.content_type import require_json_content_type
 from service.api.middleware import BodySizeLimit, InternalErrorGuard, RequestMetrics
 from service.api.problems import install_problem_handlers, problem_openapi
 from service.api.rekognition import HANDLERS, MAX_BODY_BYTES, RekognitionGateway, served_model
@@ -80,6 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(require_json_content_type)],  # JSON bodies sent as JSON, or 415
     )
     app.state.settings = settings
     app.state.services = None

@@ -215,7 +215,13 @@ def test_enrollment_needs_existing_subject_unless_asked(client: TestClient, lfw_
     response = client.post(
         "/v1/collections/strict-subjects/subjects/ghost/faces", files=files_of(lfw_image, "Tony_Blair", [3])
     )
-    assert_problem(response, 404, "subject_not_found")
+    body = assert_problem(response, 404, "subject_not_found")
+    assert "create_subject=true" in body["detail"]  # the fix, on the route that has it
+    # ... and only there: other routes' subject_not_found name no enrollment parameter
+    other = assert_problem(
+        client.get("/v1/collections/strict-subjects/subjects/ghost"), 404, "subject_not_found"
+    )
+    assert "create_subject" not in other["detail"]
     assert_problem(
         enroll(client, "missing", "x", files_of(lfw_image, "Tony_Blair", [3])), 404, "collection_not_found"
     )

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from service.domain.calibration import CalibrationSlot, calibrate, probe_distances
+from service.domain.calibration import (
+    TOO_FEW_FACES,
+    TOO_FEW_SUBJECTS,
+    CalibrationSlot,
+    calibrate,
+    probe_distances,
+)
 from service.errors import CalibrationBusy, CalibrationNotPossible
 
 
@@ -73,6 +79,45 @@ def test_calibration_warns_when_it_rests_on_little_data() -> None:
     result = calibrate(vectors[:10], singles, target_fpir=0.1, current_threshold=1.0)
     assert result.recommended.genuine_accept_rate is None
     assert any("genuine" in w for w in result.warnings)
+
+
+def test_a_recommendation_is_withheld_when_the_faces_cannot_support_one() -> None:
+    """The raw estimate is kept, but on too few subjects or too few faces for the target nothing is
+    recommended (or applied), and the reasons say why."""
+    vectors, owners = clustered(8, seed=2)  # 8 subjects, fewer than 1/0.01 faces
+    few = calibrate(vectors, owners, target_fpir=0.01, current_threshold=1.0)
+    assert few.recommendation is None
+    assert few.withheld == [TOO_FEW_SUBJECTS, TOO_FEW_FACES]
+    assert few.recommended.estimated_fpir == 0.0  # the estimate a bare number used to offer
+    measurable = calibrate(vectors, owners, target_fpir=0.2, current_threshold=1.0)
+    assert owners.size * 0.2 >= 1.0
+    assert measurable.withheld == [TOO_FEW_SUBJECTS]
+    assert measurable.recommendation is None
+    vectors, owners = clustered(30, seed=4, max_faces=2)  # enough subjects, too few faces for 1%
+    assert owners.size < 100
+    sparse = calibrate(vectors, owners, target_fpir=0.01, current_threshold=1.0)
+    assert sparse.withheld == [TOO_FEW_FACES]
+    assert sparse.recommendation is None
+    enough = calibrate(vectors, owners, target_fpir=0.05, current_threshold=1.0)
+    assert enough.withheld == []
+    assert enough.recommendation == enough.recommended
+
+
+def test_a_recommendation_is_never_looser_than_the_verification_threshold() -> None:
+    vectors, owners = clustered(300, seed=1)
+    free = calibrate(vectors, owners, target_fpir=0.05, current_threshold=1.4)
+    assert free.recommendation == free.recommended
+    assert not free.capped
+    cap = free.recommended.threshold - 0.1
+    capped = calibrate(vectors, owners, target_fpir=0.05, current_threshold=1.4, verify_threshold=cap)
+    assert capped.capped
+    assert capped.recommended == free.recommended  # the estimate itself is unchanged
+    assert capped.recommendation is not None
+    assert capped.recommendation.threshold == cap
+    assert capped.recommendation.estimated_fpir < free.recommended.estimated_fpir
+    roomy = calibrate(vectors, owners, target_fpir=0.05, current_threshold=1.4, verify_threshold=cap + 0.2)
+    assert roomy.recommendation == free.recommended
+    assert not roomy.capped
 
 
 def test_calibration_needs_two_subjects() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from service.cli import main, version
@@ -42,3 +45,23 @@ def test_serve_help_shows_defaults_and_the_environment(capsys: pytest.CaptureFix
         "FACES_MAX_REQUEST_PIXELS=",
     ):
         assert line in out
+
+
+def test_serve_help_parses_arguments_before_the_heavy_imports() -> None:
+    """``faces serve --help`` answers without loading the app (FastAPI, onnxruntime, FAISS, OpenCV,
+    numpy, SQLAlchemy): those take seconds and are imported only once the arguments are parsed."""
+    heavy = ("fastapi", "starlette", "uvicorn", "onnxruntime", "faiss", "cv2", "numpy", "sqlalchemy", "PIL")
+    probe = (
+        "import sys\n"
+        "from service.cli import main\n"
+        "try:\n"
+        "    main(['serve', '--help'])\n"
+        "except SystemExit as exit_:\n"
+        "    assert exit_.code == 0, exit_.code\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert "FACES_PORT" in done.stdout  # it did print the help
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout.splitlines()[-1]

@@ -164,6 +164,19 @@ for (const type of ["dragenter", "dragover", "drop"]) {
 """
 
 
+GROW_FIRST_CARD = """
+const cards = [...document.querySelectorAll('.subject-card')];
+const heights = () => cards.map((c) => c.getBoundingClientRect().height);
+const before = heights();
+const filler = document.createElement('div');
+filler.style.height = '300px';
+cards[0].append(filler);
+const after = heights();
+filler.remove();
+return [before, after, cards.map((c) => c.getBoundingClientRect().top)];
+"""
+
+
 def drop_files(driver: Any, zone: Any, paths: list[str]) -> None:
     """Drag and drop, as a user dropping files from their desktop onto the zone."""
     files = [(Path(p).name, base64.b64encode(Path(p).read_bytes()).decode()) for p in paths]
@@ -257,6 +270,9 @@ def test_console_full_flow(browser: Any, server: Server, lfw_image: LfwImage, tm
     assert "px face" in quality
     assert "passes the quality gate" in quality
     assert "1 rejected" in css(driver, "#enroll-status").text
+    # The new subject is counted in the collection picker of the same page, without a reload.
+    office_option = "#enroll-collection option[value='office']"
+    wait(driver, lambda d: css(d, office_option).text == "office (1 subject)", what="subject count refreshed")
     rows = enroll_in_browser(
         driver,
         server,
@@ -266,6 +282,7 @@ def test_console_full_flow(browser: Any, server: Server, lfw_image: LfwImage, tm
         drop=True,
     )
     assert all(r.find_element("css selector", "td.result").text.startswith("Enrolled") for r in rows)
+    wait(driver, lambda d: css(d, office_option).text == "office (2 subjects)", what="second subject counted")
 
     # 4. Identify a three-person photo: a box per face, labelled with the name or "unknown".
     group = photo_file(
@@ -295,6 +312,14 @@ def test_console_full_flow(browser: Any, server: Server, lfw_image: LfwImage, tm
     SCREENSHOT.parent.mkdir(exist_ok=True)
     assert driver.save_screenshot(str(SCREENSHOT))
 
+    # A collection asked for by name that does not exist is said not to exist (not silently swapped),
+    # with a link to each one that does.
+    go(driver, server, "/identify?collection=nope", "#collection-missing")
+    assert "“nope” does not exist" in css(driver, "#collection-missing").text
+    assert not css_all(driver, "#identify-photo")
+    css(driver, "#collection-missing a[href*='collection=office']").click()
+    wait(driver, lambda d: css(d, "#identify-collection").get_attribute("value") == "office", what="office")
+
     # 5. Verify: two photos of the same person, then two different people.
     go(driver, server, "/verify", "#verify-photo-a")
     css(driver, "#verify-photo-a").send_keys(str(lfw_image("Serena_Williams", 3)))
@@ -314,6 +339,11 @@ def test_console_full_flow(browser: Any, server: Server, lfw_image: LfwImage, tm
     loaded = "return [...document.querySelectorAll('img.thumbnail')].map(i => i.naturalWidth)"
     wait(driver, lambda d: d.execute_script(loaded) == [112] * 4, what="4 thumbnails")
     assert subjects_shown(driver) == ["Colin_Powell", "Serena_Williams"]
+    # A card is as tall as its own content: one card growing does not stretch its row neighbour.
+    before, after, tops = driver.execute_script(GROW_FIRST_CARD)
+    assert tops[0] == tops[1], "the two cards should share a row at 1280 px"
+    assert after[0] >= before[0] + 300
+    assert after[1] == before[1], (before, after)
     css(driver, "#subject-search").send_keys("ser", Keys.ENTER)
     wait(driver, lambda d: subjects_shown(d) == ["Serena_Williams"], what="search result")
     go(driver, server, "/collections/office", "#subject-list")

@@ -547,6 +547,49 @@ def test_openapi_declares_problem_responses(tmp_path: Path) -> None:
     assert "HTTPValidationError" not in spec["components"]["schemas"]
 
 
+def test_json_sent_without_its_content_type_is_415(client: TestClient) -> None:
+    """Every route that takes a JSON body, whatever else it does: a body sent as a form, as multipart or
+    with no Content-Type gets 415 saying what to send (not a 422 about dictionaries), and nothing is
+    written. The rule lives in one app-wide dependency, so a new JSON route is covered untested."""
+    spec = client.get("/openapi.json").json()
+    json_operations = [
+        (method.upper(), path, op)
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        if "application/json" in op.get("requestBody", {}).get("content", {})
+    ]
+    assert {(m, p) for m, p, _ in json_operations} >= {
+        ("POST", "/v1/collections"),
+        ("PATCH", "/v1/collections/{collection}"),
+        ("POST", "/v1/collections/{collection}/subjects"),
+        ("PATCH", "/v1/collections/{collection}/subjects/{subject_id}"),
+    }
+    wrong_ways: list[dict[str, Any]] = [
+        {"content": b'{"name": "sent-raw", "subject_id": "sent-raw"}'},  # no Content-Type at all
+        {"data": {"name": "sent-as-form", "subject_id": "sent-as-form"}},  # curl -d
+        {
+            "files": {"name": (None, "sent-as-multipart"), "subject_id": (None, "sent-as-multipart")}
+        },  # curl -F
+    ]
+    for method, path, op in json_operations:
+        assert "415" in op["responses"], (method, path)
+        url = path.replace("{collection}", "h").replace("{subject_id}", "someone")
+        for way in wrong_ways:
+            body = assert_problem(client.request(method, url, **way), 415, "unsupported_media_type")
+            assert "Content-Type: application/json" in body["detail"], (method, path, body)
+    for name in ("sent-raw", "sent-as-form", "sent-as-multipart"):
+        assert_problem(client.get(f"/v1/collections/{name}"), 404, "collection_not_found")
+        assert_problem(client.get(f"/v1/collections/h/subjects/{name}"), 404, "subject_not_found")
+    # A JSON media type with parameters is JSON; an empty body is still the schema's 422.
+    typed = client.post(
+        "/v1/collections",
+        content=b'{"name": "typed-json"}',
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
+    assert typed.status_code == 201, typed.text
+    assert_problem(client.post("/v1/collections"), 422, "validation_error")
+
+
 def test_405_is_a_problem_with_allow(client: TestClient) -> None:
     response = client.put("/v1/collections")
     assert_problem(response, 405, "method_not_allowed")

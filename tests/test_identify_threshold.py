@@ -174,6 +174,7 @@ def test_calibration_holds_its_target_on_people_outside_the_gallery(
     assert body["genuine_probes"] == body["faces"]
     assert body["subjects_with_several_faces"] == GALLERY_PEOPLE
     assert body["current"]["threshold"] == strangers.threshold
+    assert (body["withheld"], body["capped"]) == ([], False)  # 60 people, 240 faces at 5%: enough
     recommended = body["recommended"]
     assert recommended["estimated_fpir"] <= CALIBRATION_TARGET
     assert recommended["genuine_accept_rate"] > 0.8
@@ -224,17 +225,43 @@ def test_calibration_errors(client: TestClient, lfw_image: LfwImage) -> None:
         assert enrolled.status_code == 201, enrolled.text
         if subject == "powell":  # one subject: no one to play the stranger
             assert_problem(client.post(url), 422, "calibration_not_possible")
-    dry = client.post(url).json()  # 2 faces: a rough estimate, and it says so
+    dry = client.post(url).json()  # 2 faces: no recommendation, and it says why
     assert len(dry["warnings"]) == 3  # few subjects, few probes, no genuine pairs
-    assert dry["recommended"]["estimated_fpir"] == 0.0
-    assert dry["recommended"]["genuine_accept_rate"] is None
+    assert dry["recommended"] is None
+    assert dry["withheld"] == ["too_few_subjects", "too_few_faces"]
+    assert dry["current"]["estimated_fpir"] == 0.0
+    assert dry["current"]["genuine_accept_rate"] is None
     refused = client.post(url, params={"apply": "true"})
     assert_problem(refused, 422, "calibration_not_possible")
     assert "at least 100" in refused.json()["detail"]
+    assert refused.json()["withheld"] == ["too_few_subjects", "too_few_faces"]
     assert client.get("/v1/collections/alone").json()["identify_threshold"]["source"] == "model_card"
     for bad in (0, 1, -0.5, 2, "x"):
         assert_problem(client.post(url, params={"target_fpir": bad}), 422, "validation_error")
     assert_problem(client.post("/v1/collections/nowhere/calibrate"), 404, "collection_not_found")
+
+
+def test_calibration_of_the_readme_walkthrough_recommends_nothing(
+    client: TestClient, lfw_image: LfwImage
+) -> None:
+    """The README's 4 faces (2 people x 2 photos) cannot measure a 1% FPIR: no number is offered (it
+    used to be d² 1.798, looser than the verification threshold), the reasons are."""
+    client.post("/v1/collections", json={"name": "walkthrough"})
+    for person in ("Colin_Powell", "Serena_Williams"):
+        files = [("images", (f"{n}.jpg", lfw_image(person, n).read_bytes())) for n in (1, 2)]
+        enrolled = client.post(
+            f"/v1/collections/walkthrough/subjects/{person}/faces",
+            params={"create_subject": "true"},
+            files=files,
+        )
+        assert enrolled.status_code == 201, enrolled.text
+    body = client.post("/v1/collections/walkthrough/calibrate", params={"target_fpir": 0.01}).json()
+    assert (body["subjects"], body["faces"]) == (2, 4)
+    assert body["recommended"] is None
+    assert body["withheld"] == ["too_few_subjects", "too_few_faces"]
+    assert body["capped"] is False
+    assert body["current"]["threshold"] == card().identify_threshold
+    assert body["warnings"]
 
 
 def test_thresholds_are_validated(client: TestClient) -> None:

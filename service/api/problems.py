@@ -134,7 +134,7 @@ _DESCRIPTIONS = {
     404: "Collection, subject or face not found",
     409: "Already exists",
     413: "Body or file larger than the configured limits",
-    415: "Not a JPEG, PNG or WebP image",
+    415: "Not a JPEG, PNG or WebP image, or a JSON body sent without Content-Type: application/json",
     422: "Invalid parameters or body, or an image without a usable face",
     503: "The service is starting",
 }
@@ -160,7 +160,18 @@ def problem_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
                         ref = content.get("application/json", {}).get("schema", {}).get("$ref", "")
                         if status.isdigit() and int(status) >= 400 and ref.endswith("/Problem"):
                             content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+                    _declare_json_media_type_problem(operation)
             app.openapi_schema = schema
         return app.openapi_schema
 
     return openapi
+
+
+def _declare_json_media_type_problem(operation: dict[str, Any]) -> None:
+    """Every operation with a JSON body can answer 415 (``service/api/content_type.py``)."""
+    body = operation.get("requestBody", {}).get("content", {})
+    if "application/json" in body and "415" not in operation.get("responses", {}):
+        operation.setdefault("responses", {})["415"] = {
+            "description": _DESCRIPTIONS[415],
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }

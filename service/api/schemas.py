@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from service.api.validation import clean_text
+from service.domain.calibration import WithheldReason
 
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 SubjectId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,127}$")]
@@ -212,7 +213,22 @@ class CalibrationOut(BaseModel):
     collection: str
     target_fpir: float
     current: OperatingPointOut = Field(description="At the identify threshold in force before the call")
-    recommended: OperatingPointOut = Field(description="At the threshold giving the target FPIR")
+    recommended: OperatingPointOut | None = Field(
+        description="At the recommended threshold: the one giving the target FPIR on these faces, capped "
+        "at the verification threshold (see capped); null when these faces cannot support a "
+        "recommendation (withheld says why)"
+    )
+    withheld: list[WithheldReason] = Field(
+        default_factory=list,
+        description="Why recommended is null (empty when it is given): too_few_subjects, fewer than 20 "
+        "subjects to stand in for strangers; too_few_faces, fewer than 1/target_fpir faces, so the "
+        "target cannot be measured",
+    )
+    capped: bool = Field(
+        default=False,
+        description="The estimate for the target was looser than the verification threshold, so that "
+        "threshold is recommended instead (1:N never accepts what 1:1 would reject)",
+    )
     applied: bool
     identify_threshold: IdentifyThresholdOut = Field(description="The threshold in force after the call")
     subjects: int

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -39,6 +40,13 @@ SAMPLE_SEED = 0
 # Below these the estimate is reported with a warning.
 MIN_SUBJECTS = 20
 MIN_EXPECTED_FALSE_ACCEPTS = 10
+WithheldReason = Literal["too_few_subjects", "too_few_faces"]
+# Why a recommendation is withheld (the estimate is kept, but not offered or applied):
+# fewer than MIN_SUBJECTS subjects stand in for strangers ...
+TOO_FEW_SUBJECTS: WithheldReason = "too_few_subjects"
+# ... or fewer than 1 / target_fpir probes: not one false match may occur, so the threshold just sits
+# below the closest stranger and says nothing about the target.
+TOO_FEW_FACES: WithheldReason = "too_few_faces"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +58,10 @@ class OperatingPoint:
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
+    """``recommended`` is the raw estimate for ``target_fpir``; ``recommendation`` what may be offered
+    and applied: None when ``withheld`` names why these faces cannot support one, else the estimate
+    capped at the verification threshold (``capped``): 1:N never accepts what 1:1 would reject."""
+
     target_fpir: float
     current: OperatingPoint
     recommended: OperatingPoint
@@ -61,6 +73,9 @@ class Calibration:
     sampled: bool
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    recommendation: OperatingPoint | None = None
+    withheld: list[WithheldReason] = field(default_factory=list)
+    capped: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +132,12 @@ def calibrate(
     target_fpir: float,
     current_threshold: float,
     max_probes: int = MAX_PROBES,
+    verify_threshold: float = 4.0,
 ) -> Calibration:
     """The threshold giving ``target_fpir`` against this gallery, and both operating points.
 
     ``vectors`` are the collection's unit embeddings, ``subjects`` the owning subject of each row.
+    The recommendation is never looser than ``verify_threshold`` and withheld on too little data.
     """
     started = time.perf_counter()
     if not 0.0 < target_fpir < 1.0:
@@ -164,6 +181,11 @@ def calibrate(
         )
     if several == 0:
         warnings.append("No subject has two or more faces: the genuine accept rate cannot be estimated.")
+    withheld: list[WithheldReason] = [TOO_FEW_SUBJECTS] if people.size < MIN_SUBJECTS else []
+    if probes.size * target_fpir < 1.0:
+        withheld.append(TOO_FEW_FACES)
+    capped = not withheld and recommended > verify_threshold
+    recommendation = None if withheld else operating_point(distances, min(recommended, verify_threshold))
     return Calibration(
         target_fpir=target_fpir,
         current=operating_point(distances, current_threshold),
@@ -176,7 +198,26 @@ def calibrate(
         sampled=sampled,
         seconds=time.perf_counter() - started,
         warnings=warnings,
+        recommendation=recommendation,
+        withheld=withheld,
+        capped=capped,
     )
+
+
+def withheld_detail(result: Calibration) -> str:
+    """Why ``result`` offers no recommendation, in words (empty when it does)."""
+    reasons = []
+    if TOO_FEW_FACES in result.withheld:
+        reasons.append(
+            f"{result.impostor_probes} faces cannot measure a false-positive identification rate of "
+            f"{result.target_fpir:g} (at least {math.ceil(1.0 / result.target_fpir)} are needed)"
+        )
+    if TOO_FEW_SUBJECTS in result.withheld:
+        reasons.append(
+            f"{result.subjects} subjects are too few to stand in for strangers (at least {MIN_SUBJECTS} "
+            "are needed)"
+        )
+    return "; ".join(reasons)
 
 
 class CalibrationSlot:
@@ -234,20 +275,26 @@ def calibrate_collection(
             record.identify_threshold, record.identify_threshold_source, record.identify_threshold_set_at
         )
         vectors, subjects = load_embeddings(store, record.pk)
-        result = calibrate(vectors, subjects, target_fpir=target_fpir, current_threshold=before.value)
+        result = calibrate(
+            vectors,
+            subjects,
+            target_fpir=target_fpir,
+            current_threshold=before.value,
+            verify_threshold=thresholds.verify_default.value,
+        )
         after = before
-        if apply and result.impostor_probes * target_fpir < 1.0:
+        if apply and result.recommendation is None:
             raise CalibrationNotPossible(
-                f"Not applied: {result.impostor_probes} faces cannot measure a false-positive "
-                f"identification rate of {target_fpir:g} (at least {math.ceil(1.0 / target_fpir)} are "
-                "needed); enroll more faces or choose a larger target_fpir.",
+                f"Not applied: {withheld_detail(result)}; enroll more faces and people, or choose a "
+                "larger target_fpir.",
                 faces=result.faces,
                 subjects=result.subjects,
+                withheld=result.withheld,
             )
-        if apply:
+        if apply and result.recommendation is not None:
             updated = store.collections.update_collection(
                 collection,
-                {"identify_threshold": round(result.recommended.threshold, 6)},
+                {"identify_threshold": round(result.recommendation.threshold, 6)},
                 threshold_source="calibration",
             )
             after = thresholds.identify_for(

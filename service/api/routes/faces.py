@@ -31,7 +31,7 @@ from service.domain.enroll import (
     enroll_images,
     quality_dict,
 )
-from service.errors import InvalidRequest, ThumbnailsDisabled
+from service.errors import InvalidRequest, SubjectNotFound, ThumbnailsDisabled
 from service.storage.records import FaceRecord
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
@@ -107,17 +107,23 @@ async def enroll_faces(
         )
         for i, upload in enumerate(images)
     ]
-    outcomes = await enroll_images(
-        services.engine,
-        services.gallery,
-        collection,
-        subject_id,
-        uploads,
-        selection=face_selection,
-        create_subject=create_subject,
-        max_upload_bytes=settings.max_upload_bytes,
-        keep_thumbnails=settings.thumbnails_enabled,
-    )
+    try:
+        outcomes = await enroll_images(
+            services.engine,
+            services.gallery,
+            collection,
+            subject_id,
+            uploads,
+            selection=face_selection,
+            create_subject=create_subject,
+            max_upload_bytes=settings.max_upload_bytes,
+            keep_thumbnails=settings.thumbnails_enabled,
+        )
+    except SubjectNotFound as exc:  # the one route where the fix is a query parameter away
+        raise SubjectNotFound(
+            f"Subject '{subject_id}' not found in '{collection}'; add create_subject=true to the query "
+            "to create it with these faces."
+        ) from exc
     results = [_result(o) for o in outcomes]
     enrolled = sum(1 for r in results if r.status == "enrolled")
     body = EnrollResponse(

@@ -96,8 +96,9 @@ export function photoWithBoxes(url, alt, faces, { numbered = true } = {}) {
 }
 
 /**
- * A <select> of the collections this key may use; resolves with {element, select} or an element
- * explaining that there is none yet.
+ * A <select> of the collections this key may use; resolves with {element, select, refresh} or, with
+ * select null, an element explaining that there is none yet or that the collection asked for by name
+ * (`?collection=`) does not exist: never silently another one. `refresh()` re-reads the counts.
  */
 export async function collectionPicker(id, preferred) {
   const { collections } = await api.listCollections();
@@ -108,18 +109,48 @@ export async function collectionPicker(id, preferred) {
       collections,
     };
   }
+  if (preferred && !collections.some((c) => c.name === preferred)) {
+    return { element: missingCollection(preferred, collections), select: null, collections };
+  }
   const wanted = preferred || lastCollection();
   const select = h(
     "select",
     { id, name: id, required: true },
-    collections.map((c) =>
-      h("option", { value: c.name, selected: c.name === wanted }, `${c.name} (${c.subject_count} subjects)`),
-    ),
+    collections.map((c) => h("option", { value: c.name, selected: c.name === wanted }, collectionLabel(c))),
   );
   select.addEventListener("change", () => lastCollection(select.value));
+  const refresh = async () => {
+    const { collections: now } = await api.listCollections();
+    const byName = new Map(now.map((c) => [c.name, c]));
+    for (const option of select.options) {
+      const c = byName.get(option.value);
+      if (c) option.textContent = collectionLabel(c);
+    }
+  };
   return {
     element: h("div", { class: "field" }, h("label", { for: id }, "Collection"), select),
     select,
     collections,
+    refresh,
   };
+}
+
+function collectionLabel(c) {
+  return `${c.name} (${c.subject_count} subject${c.subject_count === 1 ? "" : "s"})`;
+}
+
+/** The page asked for a collection by name and there is none: say so, and offer the ones there are. */
+function missingCollection(name, collections) {
+  const [path] = window.location.hash.replace(/^#/, "").split("?");
+  const here = (c) => `#${path}?${new URLSearchParams({ collection: c.name })}`;
+  return h(
+    "p",
+    { class: "message error", id: "collection-missing", role: "alert" },
+    `Collection “${name}” does not exist (or this API key may not use it). Use `,
+    collections.slice(0, 10).flatMap((c, i) => [i ? ", " : "", h("a", { href: here(c) }, c.name)]),
+    collections.length > 10 ? ", …" : "",
+    " or see ",
+    h("a", { href: "#/collections" }, "all collections"),
+    ".",
+  );
 }

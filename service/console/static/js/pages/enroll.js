@@ -125,6 +125,8 @@ export async function enrollPage(view, { query, urls }) {
       return;
     }
     await enrollAll(collection, subjectId, selection.value, batch, { status, results, urls });
+    // A new subject: the collection's count in the picker goes up (best effort, the results stand).
+    await picker.refresh().catch(() => {});
   });
 
   view.append(form, results);
