@@ -406,3 +406,44 @@ def test_index_faces_max_faces_and_quality_filter(server: ServerProcess, lfw_ima
     none = client.index_faces(CollectionId="group", Image={"Bytes": small}, QualityFilter="NONE")
     assert len(none["FaceRecords"]) == 1
     client.delete_collection(CollectionId="group")
+
+
+def test_users_association_rules(server: ServerProcess, lfw_image: LfwImage) -> None:
+    _only_sqlite_faiss(server)
+    client = rekognition(server.url)
+    client.create_collection(CollectionId="users")
+
+    def index(person: str, n: int) -> str:
+        out = client.index_faces(
+            CollectionId="users", Image={"Bytes": read(lfw_image, person, n)}, MaxFaces=1
+        )
+        return str(out["FaceRecords"][0]["Face"]["FaceId"])
+
+    bush_1, bush_2, serena = index("George_W_Bush", 1), index("George_W_Bush", 2), index("Serena_Williams", 1)
+    for user in ("bush", "other"):
+        client.create_user(CollectionId="users", UserId=user)
+    first = client.associate_faces(CollectionId="users", UserId="bush", FaceIds=[bush_1])
+    assert [f["FaceId"] for f in first["AssociatedFaces"]] == [bush_1]  # a user without faces takes any
+    missing = "00000000-0000-4000-8000-000000000000"
+    out = client.associate_faces(CollectionId="users", UserId="bush", FaceIds=[bush_2, serena, missing])
+    assert [f["FaceId"] for f in out["AssociatedFaces"]] == [bush_2]  # the same person: above 75
+    reasons = {f["FaceId"]: f for f in out["UnsuccessfulFaceAssociations"]}
+    assert reasons[serena]["Reasons"] == ["LOW_MATCH_CONFIDENCE"]
+    assert reasons[serena]["Confidence"] < 75.0
+    assert reasons[missing]["Reasons"] == ["FACE_NOT_FOUND"]
+    taken = client.associate_faces(CollectionId="users", UserId="other", FaceIds=[bush_1])
+    assert taken["UnsuccessfulFaceAssociations"][0]["Reasons"] == ["ASSOCIATED_TO_A_DIFFERENT_USER"]
+    assert taken["UnsuccessfulFaceAssociations"][0]["UserId"] == "bush"
+    wrong = client.disassociate_faces(CollectionId="users", UserId="other", FaceIds=[bush_1])
+    assert wrong["DisassociatedFaces"] == []
+    assert wrong["UnsuccessfulFaceDisassociations"][0]["Reasons"] == ["ASSOCIATED_TO_A_DIFFERENT_USER"]
+    # SearchUsers by face: the user the face belongs to is found; by user: never itself.
+    by_face = client.search_users(CollectionId="users", FaceId=bush_2)
+    assert by_face["UserMatches"][0]["User"]["UserId"] == "bush"
+    assert by_face["SearchedFace"] == {"FaceId": bush_2}
+    assert client.search_users(CollectionId="users", UserId="bush")["UserMatches"] == []
+    assert (
+        error_code(lambda: client.associate_faces(CollectionId="users", UserId="ghost", FaceIds=[serena]))
+        == "ResourceNotFoundException"
+    )
+    client.delete_collection(CollectionId="users")
