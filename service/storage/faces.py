@@ -175,8 +175,8 @@ class FaceRepository:
         """Put faces under ``subject_id`` (None: make them free-standing) in one transaction.
 
         Associating changes only faces that are free-standing or already the subject's;
-        disassociating (``only_of``) only that subject's faces. Returns the ids now as asked. The
-        index is unchanged (it holds faces, whoever owns them), so the revision is too.
+        disassociating (``only_of``) only that subject's faces. Returns the ids now as asked (in pk
+        order). The index is unchanged (it holds faces, whoever owns them), so the revision is too.
         """
         with self._engine.begin() as conn:
             coll_pk = int(collection_row(conn, collection).pk)
@@ -192,7 +192,8 @@ class FaceRepository:
                 faces_table.c.face_id.in_(list(face_ids)),
                 allowed,
             ]
-            changed = [str(v) for v in conn.execute(select(faces_table.c.face_id).where(*where)).scalars()]
+            chosen = select(faces_table.c.face_id).where(*where).order_by(faces_table.c.pk)
+            changed = [str(v) for v in conn.execute(chosen).scalars()]
             if changed:
                 conn.execute(update(faces_table).where(*where).values(subject_pk=target))
             return changed
