@@ -3,13 +3,20 @@ signed by botocore itself, the service model check, and the domain-error map."""
 
 from __future__ import annotations
 
+import base64
+import json
+import threading
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from fastapi.testclient import TestClient
 
 from service.api.auth import KeyRing
 from service.api.rekognition import HANDLERS, sigv4
@@ -35,6 +42,9 @@ from service.errors import (
     ServerBusy,
     UnsupportedMediaType,
 )
+from service.main import create_app
+from service.settings import Settings
+from tests.helpers import giant_png
 
 URL = "http://127.0.0.1:8000/"
 
@@ -157,3 +167,32 @@ def test_domain_errors_map_to_aws(error: Exception, expected: type[AwsError], st
     mapped = from_service_error(error)  # type: ignore[arg-type]
     assert type(mapped) is expected
     assert mapped.status == status
+
+
+def test_a_full_large_image_lane_is_throttling(tmp_path: Path) -> None:
+    """Our 503 server_busy is Rekognition's ThrottlingException (HTTP 500, which SDKs retry)."""
+    giant = base64.b64encode(giant_png()).decode()
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/faces.db",
+        index_dir=tmp_path / "index",
+        large_image_queue_pixels=6324 * 6324,  # room for one giant image at a time
+    )
+    headers = {"X-Amz-Target": "RekognitionService.DetectFaces", "Content-Type": "application/x-amz-json-1.1"}
+    body = json.dumps({"Image": {"Bytes": giant}})
+    with TestClient(create_app(settings)) as client:
+        engine = client.app.state.services.engine  # type: ignore[attr-defined]
+        results: dict[str, Any] = {}
+        first = threading.Thread(
+            target=lambda: results.update(first=client.post("/", content=body, headers=headers))
+        )
+        first.start()
+        deadline = time.monotonic() + 60
+        while engine.lanes.queued_pixels == 0 and first.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        busy = client.post("/", content=body, headers=headers)
+        first.join()
+    assert busy.status_code == 500, busy.text
+    assert busy.headers["x-amzn-errortype"] == "ThrottlingException"
+    assert busy.json()["__type"] == "ThrottlingException"
+    assert results["first"].status_code == 200
+    assert results["first"].json() == {"FaceDetails": []}  # flat grey: no face
