@@ -11,6 +11,9 @@ time; per server: peak and settled RSS. ``--baseline-root`` runs the same agains
 
     python -m bench.bench_hostile
     git archive <commit> | tar -x -C /tmp/before && python -m bench.bench_hostile --baseline-root /tmp/before
+
+``--engine-outage`` runs instead the vector-engine outage lane (bench/hostile_outage.py): a server on
+a real Milvus server that is stopped while clients enroll and retry, then started again.
 """
 
 from __future__ import annotations
@@ -549,6 +552,10 @@ def summary_table(runs: list[RunResult], giant_png_bytes: int) -> Table:
     return table
 
 
+OUTAGE_START, OUTAGE_END = (
+    "<!-- bench:outage (python -m bench.bench_hostile --engine-outage rewrites this block) -->",
+    "<!-- /bench:outage -->",
+)
 README_START = "<!-- bench:hostile (python -m bench.bench_hostile rewrites this block) -->"
 README_END = "<!-- /bench:hostile -->"
 
@@ -618,6 +625,11 @@ def main(argv: list[str] | None = None) -> int:
         "--report-only", action="store_true", help="rebuild the tables from bench/results/bench_hostile.json"
     )
     parser.add_argument(
+        "--engine-outage",
+        action="store_true",
+        help="run the vector-engine outage lane (a real Milvus server) instead of the hostile inputs",
+    )
+    parser.add_argument(
         "--phase-seconds",
         type=float,
         default=10.0,
@@ -633,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.readme:
             update_readme(REPO_ROOT / "README.md", saved, runs)
         return 0
+    if args.engine_outage:
+        return _engine_outage(args, argv)
     report = start_report("bench_hostile", argv)
     started = time.perf_counter()
     inputs = build_inputs(args.lfw_root)
@@ -656,6 +670,43 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme and update_readme(REPO_ROOT / "README.md", report, runs):
         print("README.md reliability tables rewritten")
     return 0
+
+
+def _engine_outage(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from bench.hostile_outage import run_outage_lane
+
+    report = start_report("bench_hostile", argv, tag="outage")
+    started = time.perf_counter()
+    checkouts: list[tuple[str, Path | None]] = [(args.label, None)]
+    if args.baseline_root is not None:
+        checkouts.insert(0, (args.baseline_label, args.baseline_root.resolve()))
+    runs, table = run_outage_lane(args.lfw_root, checkouts)
+    report.tables = [table]
+    report.raw = {"runs": [asdict(run) for run in runs]}
+    finish_report(report, started)
+    if args.readme and _update_block(REPO_ROOT / "README.md", OUTAGE_START, OUTAGE_END, report):
+        print("README.md engine-outage table rewritten")
+    return 0
+
+
+def _update_block(path: Path, start: str, end: str, report: Report) -> bool:
+    """Replace a marked README block with the report's command and tables; False when unmarked."""
+    text = path.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    if not pattern.search(text):
+        return False
+    load = (report.machine.get("loadavg_start") or ["?"])[0]
+    body = [
+        f"`{report.command}`",
+        "",
+        f"{report.machine.get('cpu_model') or 'CPU'}, {report.machine.get('affinity_cpus', '?')} cores, "
+        f"started {report.started_at}, 1-min load average at start {load}.",
+        "",
+        *(table.to_markdown() for table in report.tables),
+    ]
+    block = "\n".join([start, *body, end])
+    path.write_text(pattern.sub(lambda _: block, text, count=1), encoding="utf-8")
+    return True
 
 
 if __name__ == "__main__":

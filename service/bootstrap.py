@@ -8,6 +8,7 @@ from service.api.deps import Services
 from service.domain.calibration import CalibrationSlot
 from service.domain.faces import FaceEngine
 from service.domain.gallery import Gallery
+from service.domain.idempotency import IdempotencyKeys
 from service.domain.thresholds import ThresholdPolicy
 from service.index.base import VectorIndex
 from service.index.faiss_index import IndexRegistry
@@ -154,4 +155,9 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
         provider=provider,
         thresholds=thresholds,
         calibration=CalibrationSlot(),
+        idempotency=IdempotencyKeys(
+            store.idempotency,
+            ttl_s=settings.idempotency_key_ttl_s,
+            in_flight_timeout_s=settings.idempotency_in_flight_timeout_s,
+        ),
     )

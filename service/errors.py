@@ -179,6 +179,35 @@ class InvalidModelCard(ServiceError):
 
 
 class VectorEngineUnavailable(ServiceError):
-    """The vector engine (Milvus) did not answer; the store, the source of truth, is unaffected."""
+    """The vector engine (Milvus) did not answer; the store, the source of truth, is unaffected.
+
+    Reads (identify) answer it as 503 with ``Retry-After``. Writes never do: the Gallery stores them
+    and acknowledges them as not yet searchable (service/domain/gallery.py)."""
 
     code, status, title = "index_unavailable", 503, "Vector engine unavailable"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.extra.get("retry_after", 5))}
+
+
+class IdempotencyKeyInvalid(InvalidRequest):
+    """The ``Idempotency-Key`` header is not one key of 1 to 255 visible ASCII characters."""
+
+    code = "idempotency_key_invalid"
+    title = "Malformed Idempotency-Key header"
+
+
+class IdempotencyKeyReused(ServiceError):
+    """The key was used before for a different request (method, path, query, caller or body)."""
+
+    code, status, title = "idempotency_key_reused", 422, "Idempotency key used for another request"
+
+
+class IdempotencyKeyInFlight(Conflict):
+    """A request with the same key is still being processed; retry after it has answered."""
+
+    code = "idempotency_key_in_flight"
+    title = "A request with this idempotency key is in progress"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.extra.get("retry_after", 1))}

@@ -23,11 +23,14 @@ from service.api.routes import collections, faces, health, identify, subjects, v
 from service.bootstrap import build_services
 from service.console import mount_console
 from service.domain.gallery import Gallery
+from service.domain.idempotency import IdempotencyKeys
 from service.errors import InvalidModelCard
 from service.observability import Metrics
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+IDEMPOTENCY_PURGE_INTERVAL_S = 600.0
 
 
 async def _reconcile_periodically(gallery: Gallery, interval_s: float) -> None:
@@ -41,6 +44,37 @@ async def _reconcile_periodically(gallery: Gallery, interval_s: float) -> None:
             continue
         if report.changed:
             logger.warning("index reconciliation: %d inserted, %d deleted", report.inserted, report.deleted)
+
+
+async def _push_pending_writes(gallery: Gallery, interval_s: float) -> None:
+    """Writes stored while the vector engine was down go to it as soon as it answers again."""
+    failures = 0
+    while True:
+        await asyncio.sleep(interval_s)
+        if gallery.pending_writes() == 0:
+            continue
+        try:
+            await asyncio.to_thread(gallery.push_pending)
+            failures = 0
+        except Exception:  # still down: tried again at the next interval
+            failures += 1
+            if failures == 1 or failures % 60 == 0:
+                logger.warning(
+                    "%d stored writes wait for the vector engine", gallery.pending_writes(), exc_info=True
+                )
+
+
+async def _purge_idempotency_keys(keys: IdempotencyKeys, interval_s: float) -> None:
+    """Delete Idempotency-Key records past their time (they are ignored from then on anyway)."""
+    while True:
+        try:
+            purged = await asyncio.to_thread(keys.purge_expired)
+        except Exception:  # the store is down: the next pass purges them
+            logger.warning("purging expired idempotency keys failed", exc_info=True)
+        else:
+            if purged:
+                logger.info("purged %d expired idempotency keys", purged)
+        await asyncio.sleep(interval_s)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -57,18 +91,26 @@ def create_app(settings: Settings) -> FastAPI:
         await services.engine.start()
         app.state.services = services
         interval = settings.index_reconcile_interval_s
-        reconciler = (
-            asyncio.create_task(_reconcile_periodically(services.gallery, interval)) if interval > 0 else None
-        )
+        tasks = [
+            asyncio.create_task(_push_pending_writes(services.gallery, settings.index_retry_interval_s)),
+            asyncio.create_task(
+                _purge_idempotency_keys(
+                    services.idempotency, min(IDEMPOTENCY_PURGE_INTERVAL_S, settings.idempotency_key_ttl_s)
+                )
+            ),
+        ]
+        if interval > 0:
+            tasks.append(asyncio.create_task(_reconcile_periodically(services.gallery, interval)))
         logger.info("ready on %s:%d", settings.host, settings.port)
         try:
             yield
         finally:
             app.state.services = None
-            if reconciler is not None:
-                reconciler.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await reconciler
+                    await task
             await services.engine.stop()
             await asyncio.to_thread(services.gallery.indexes.close)
             services.gallery.store.close()

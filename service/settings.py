@@ -54,6 +54,15 @@ class Settings(BaseSettings):
     milvus_ivf_nprobe: int = Field(default=64, ge=1, le=65_536)  # cells scanned per search (<= nlist)
     # How often every replica compares the store with the vector engine and repairs differences.
     index_reconcile_interval_s: float = Field(default=60.0, ge=0.0)  # 0 = only at start-up
+    # Writes stored while the vector engine was down (acknowledged with searchable=false) are pushed
+    # to it as soon as it answers: the engine is tried this often while any is pending.
+    index_retry_interval_s: float = Field(default=1.0, gt=0.0, le=60.0)
+
+    # Idempotency-Key records (POST enroll / create collection / create subject): a retry with the
+    # same key within this time gets the first answer; older records are purged.
+    idempotency_key_ttl_s: float = Field(default=24 * 3600.0, ge=1.0)
+    # An attempt that died holding its key (process killed mid-request) blocks retries this long.
+    idempotency_in_flight_timeout_s: float = Field(default=120.0, ge=1.0)
 
     # Models: a directory holding the embedding model card, embedder and detector ONNX files.
     model_dir: Path = DEFAULT_MODEL_DIR

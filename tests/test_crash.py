@@ -33,6 +33,8 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerPro
     extra = {}
     if request.param == "milvus-server":
         extra = milvus_env(request.getfixturevalue("milvus_server"), f"crash_{free_port()}")
+    # An attempt killed mid-request frees its Idempotency-Key after this (the retry below waits).
+    extra["FACES_IDEMPOTENCY_IN_FLIGHT_TIMEOUT_S"] = "3"
     srv = ServerProcess(tmp_path, env=extra)
     yield srv
     srv.stop()
@@ -73,6 +75,7 @@ def stream_enrollments(
                     f"/v1/collections/stream/subjects/{person}/faces",
                     params={"create_subject": "true", "face_selection": "largest"},
                     files={"images": ("face.jpg", data, "image/jpeg")},
+                    headers={"Idempotency-Key": f"crash-{digest}"},
                 )
             except httpx.HTTPError:
                 return  # the server died under us: this upload stays "in flight"
@@ -129,8 +132,35 @@ def test_sigkill_during_enrollment_loses_nothing_acknowledged(server: ServerProc
         assert ready["checks"]["index"] == "in_sync"
         stats = httpx.get(f"{server.url}/v1/collections/stream").json()
         assert stats["face_count"] == len(stored)
-        for face_id in extra:  # adopt what landed, as a client retrying would
-            ledger.acked[face_id] = extra[face_id]
+        # A blind retry of every upload the crash left unanswered, with its Idempotency-Key: one that
+        # landed answers its face again (its key record committed with it), the others enroll now;
+        # either way, once each.
+        uploads = {hashlib.sha256(data).hexdigest(): (person, data) for person, data in chunk}
+        landed = {digest: face_id for face_id, digest in extra.items()}
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for digest in sorted(ledger.in_flight):
+                person, data = uploads[digest]
+                deadline = time.monotonic() + 30
+                while True:
+                    retry = client.post(
+                        f"/v1/collections/stream/subjects/{person}/faces",
+                        params={"create_subject": "true", "face_selection": "largest"},
+                        files={"images": ("face.jpg", data, "image/jpeg")},
+                        headers={"Idempotency-Key": f"crash-{digest}"},
+                    )
+                    if retry.status_code != 409:  # 409: the dead attempt's key, until its timeout
+                        break
+                    assert time.monotonic() < deadline, retry.text
+                    time.sleep(float(retry.headers.get("Retry-After", "1")))
+                assert retry.status_code == 201, retry.text
+                face_id = retry.json()["results"][0]["face_id"]
+                if digest in landed:
+                    assert face_id == landed[digest], "a landed upload was enrolled again by its retry"
+                    assert retry.headers.get("Idempotent-Replayed") == "true"
+                ledger.acked[face_id] = digest
+        after_retries = stored_faces(server.url)
+        assert set(after_retries) == set(ledger.acked)
+        assert len(set(after_retries.values())) == len(after_retries)  # every upload stored once
         ledger.in_flight.clear()
 
     # Every stored face is searchable after the restarts: its own photo finds it at distance ≈ 0.

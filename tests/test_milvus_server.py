@@ -17,10 +17,11 @@ import pytest
 from service.domain.gallery import Gallery
 from service.index.faiss_index import IndexRegistry
 from service.storage.store import FaceStore
+from service.testing.server import ServerProcess
 from service.testing.synthetic import bulk_insert_synthetic
 from tests.embeddings import embed_lfw_people, enroll_into, unit_vectors
 from tests.milvus_server import MilvusServer, free_port, require_pymilvus
-from tests.test_crash import Server, milvus_env
+from tests.test_crash import milvus_env
 
 require_pymilvus()
 
@@ -44,7 +45,7 @@ def test_read_your_writes_across_replicas_and_a_milvus_restart(
     milvus_server: MilvusServer, tmp_path: Path, lfw_image: LfwImage
 ) -> None:
     env = milvus_env(milvus_server, f"ryw_{free_port()}")
-    replica_a, replica_b = Server(tmp_path, free_port(), env), Server(tmp_path, free_port(), env)
+    replica_a, replica_b = ServerProcess(tmp_path, env=env), ServerProcess(tmp_path, env=env)
     try:
         replica_a.start()
         replica_b.start()
@@ -221,3 +222,95 @@ def test_a_failed_call_replaces_the_connection(milvus_server: MilvusServer, tmp_
     np.testing.assert_allclose(sims[:, 0], 1.0, atol=1e-5)
     index.close()
     store.close()
+
+
+def test_an_outage_never_duplicates_and_heals_at_once(
+    milvus_server: MilvusServer, tmp_path: Path, lfw_image: LfwImage
+) -> None:
+    """Milvus stopped: an enrollment is acknowledged as stored (201, its face id, searchable=false),
+    never "503 but stored"; blind retries with its Idempotency-Key store nothing more; a delete says
+    it was done. Milvus back: the stored writes are pushed at once (not at the periodic reconcile,
+    set here to 10 minutes away) and the face is found within seconds."""
+    env = {
+        **milvus_env(milvus_server, f"outage_{free_port()}"),
+        "FACES_INDEX_RETRY_INTERVAL_S": "0.5",
+        "FACES_INDEX_RECONCILE_INTERVAL_S": "600",
+    }
+    replica = ServerProcess(tmp_path, env=env)
+    url = f"{replica.url}/v1/collections/office"
+
+    def enroll(person: str, n: int, key: str | None) -> httpx.Response:
+        return httpx.post(
+            f"{url}/subjects/{person}/faces",
+            params={"create_subject": "true", "face_selection": "largest"},
+            files={"images": (f"{n}.jpg", lfw_image(person, n).read_bytes(), "image/jpeg")},
+            headers={"Idempotency-Key": key} if key else {},
+            timeout=120,
+        )
+
+    try:
+        replica.start()
+        assert httpx.post(f"{replica.url}/v1/collections", json={"name": "office"}).status_code == 201
+        for person in PEOPLE[:3]:
+            assert enroll(person, 1, None).status_code == 201
+
+        milvus_server.stop()
+        first = enroll(PEOPLE[3], 1, "outage-1")
+        assert first.status_code == 201, first.text
+        assert first.json()["searchable"] is False
+        face_id = first.json()["results"][0]["face_id"]
+        for _ in range(2):  # the retries a client would make after an error: nothing new stored
+            retry = enroll(PEOPLE[3], 1, "outage-1")
+            assert retry.status_code == 201, retry.text
+            assert retry.json() == first.json()
+        unkeyed = enroll(PEOPLE[4], 1, None)  # no key: acknowledged too, so no client retries it
+        assert unkeyed.status_code == 201, unkeyed.text
+        assert unkeyed.json()["searchable"] is False
+        deleted = httpx.delete(f"{url}/subjects/{PEOPLE[0]}", timeout=120)
+        assert deleted.status_code == 200, deleted.text
+        assert deleted.json()["index_pending"] is True
+        assert httpx.get(f"{url}/subjects/{PEOPLE[3]}/faces").json()["faces"][0]["face_id"] == face_id
+        assert httpx.get(url).json()["face_count"] == 4  # 3 - 1 + 2, whatever the retries
+        ready = httpx.get(f"{replica.url}/readyz", timeout=120)
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["index_pending_writes"] == 3
+
+        milvus_server.start()
+        # Milvus answers before it has loaded the collection again (tens of seconds on a busy
+        # machine): the clock starts when it can serve a Strong read of it, as identify needs.
+        from pymilvus import MilvusClient, MilvusException
+
+        probe = MilvusClient(uri=milvus_server.uri, timeout=10)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                probe.query(env["FACES_MILVUS_COLLECTION"], filter="pk >= 0", output_fields=["count(*)"])
+                break
+            except MilvusException:
+                assert time.monotonic() < deadline, "Milvus never loaded the collection again"
+                time.sleep(0.1)
+        probe.close()
+        serving = time.monotonic()
+        while True:
+            found = httpx.post(
+                f"{url}/identify",
+                files={"image": ("p.jpg", lfw_image(PEOPLE[3], 2).read_bytes(), "image/jpeg")},
+                timeout=120,
+            )
+            match = found.json()["faces"][0]["match"] if found.status_code == 200 else None
+            if match is not None:
+                break
+            assert time.monotonic() - serving < 5, found.text  # pushed at once, not in 10 minutes
+            time.sleep(0.1)
+        healed_s = time.monotonic() - serving
+        assert match["face_id"] == face_id
+        while (ready := httpx.get(f"{replica.url}/readyz", timeout=30)).status_code != 200:
+            assert time.monotonic() - serving < 10, ready.text
+            time.sleep(0.1)
+        assert ready.json()["checks"]["index_pending_writes"] == 0, ready.text
+        gone = identify(replica.url, lfw_image(PEOPLE[0], 2).read_bytes())
+        assert gone is None or gone["subject_id"] != PEOPLE[0]
+        assert httpx.get(url).json()["face_count"] == 4
+        print(f"outage: the face was found {healed_s:.2f}s after Milvus served the collection")
+    finally:
+        replica.stop()

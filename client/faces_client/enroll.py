@@ -102,9 +102,15 @@ def scan_tree(root: Path) -> tuple[list[SubjectFiles], list[FileOutcome]]:
     return subjects, ignored
 
 
-def idempotency_key(collection: str, subject_id: str, sha256: str, face_selection: str) -> str:
-    """The same for one file's upload to one target on every retry and every re-run."""
-    target = json.dumps([collection, subject_id, sha256, face_selection])
+def idempotency_key(
+    collection: str, subject_id: str, sha256: str, face_selection: str, file_name: str
+) -> str:
+    """The same for one file's upload to one target on every retry and every re-run.
+
+    The file name is part of it because the server stores it (``source_name``) and so counts it in
+    the request a key stands for: the same photo under a new name is a new request, not a reuse.
+    """
+    target = json.dumps([collection, subject_id, sha256, face_selection, file_name])
     return "faces-enroll-" + hashlib.sha256(target.encode()).hexdigest()[:40]
 
 
@@ -233,7 +239,7 @@ class _Enrollment:
                 create_subject=True,
                 face_selection=options.face_selection,
                 idempotency_key=idempotency_key(
-                    options.collection, subject_id, sha256, options.face_selection
+                    options.collection, subject_id, sha256, options.face_selection, path.name
                 ),
             )
         except FacesError as exc:

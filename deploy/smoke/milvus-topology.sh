@@ -10,7 +10,7 @@
 # Scenario: enroll LFW photos through A and identify each one through B at once (read-your-writes
 # across replicas: B must return the face id A acknowledged); identify unseen photos through B;
 # SIGKILL A, identify through B again and enroll through B; stop Milvus (B's /readyz is 503, identify
-# and enroll answer 503, the enrollment is stored but not acknowledged), start it again, wait for B to
+# answers 503, an enrollment is acknowledged as stored with searchable=false), start it again, wait for B to
 # repair Milvus from PostgreSQL; then every acknowledged face must be found by identify on its own
 # photo, the face stored during the outage must be found too, and PostgreSQL, Milvus and the API must
 # agree on the count. Finally A is started again and must see what B wrote (and B what A writes).
@@ -169,8 +169,10 @@ milvus_topology_run() {
     log "Milvus down: identify through B -> 503 (problem+json)"
     code=$(http_code -F "images=@$(lfw_photo Hugo_Chavez 1)" \
         "$B_URL/v1/collections/$COLLECTION/subjects/Hugo_Chavez/faces?create_subject=true&face_selection=largest")
-    [[ $code == 503 ]] || fail "Milvus down: enroll through B answered $code, expected 503: $(cat "$WORK/body.json")"
-    log "Milvus down: enroll Hugo_Chavez through B -> 503, not acknowledged: $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["detail"])' "$WORK/body.json")"
+    [[ $code == 201 ]] || fail "Milvus down: enroll through B answered $code, expected 201 (stored, not yet searchable): $(cat "$WORK/body.json")"
+    [[ $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["searchable"])' "$WORK/body.json") == False ]] \
+        || fail "Milvus down: the enrollment was not marked searchable=false: $(cat "$WORK/body.json")"
+    log "Milvus down: enroll Hugo_Chavez through B -> 201, stored, searchable=false (pushed to Milvus once it is back)"
     local stored_unacked
     stored_unacked=$(($(store_count) - acked))
     log "Milvus down: PostgreSQL holds $stored_unacked face(s) beyond the $acked acknowledged ones"

@@ -8,6 +8,7 @@ An unauthenticated 100 MiB upload costs the server a header lookup and a 401, no
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass, field
 
@@ -68,9 +69,11 @@ class KeyRing:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is calling: the collections their key may touch (None: all)."""
+    """Who is calling: the collections their key may touch (None: all), and ``principal``, a
+    fingerprint of their key ("" when keys are off) that scopes their Idempotency-Keys."""
 
     scope: frozenset[str] | None
+    principal: str = ""
 
     def allows(self, collection: str) -> bool:
         return self.scope is None or collection in self.scope
@@ -124,7 +127,8 @@ class ApiKeyAuth:
             return None
         if not self.keyring.enabled:
             return Caller(None)
-        caller = Caller(self.keyring.scope_of(_header(scope, b"x-api-key")))
+        presented = _header(scope, b"x-api-key")
+        caller = Caller(self.keyring.scope_of(presented), principal=key_fingerprint(presented or ""))
         collection = collection_in_path(path)
         if collection is not None:
             caller.check(collection)
@@ -143,6 +147,11 @@ class ApiKeyAuth:
             raise Unauthorized("The metrics key is missing or not valid.")
         if self.keyring.scope_of(presented) is not None:
             raise Forbidden("Metrics name every collection: they need a key for all collections.")
+
+
+def key_fingerprint(key: str) -> str:
+    """A short one-way digest of an API key: names the caller in stored records, never the key."""
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

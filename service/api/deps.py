@@ -13,6 +13,7 @@ from service.api.schemas import CollectionName
 from service.domain.calibration import CalibrationSlot
 from service.domain.faces import FaceEngine
 from service.domain.gallery import Gallery
+from service.domain.idempotency import IdempotencyKeys
 from service.domain.thresholds import ThresholdPolicy
 from service.errors import NotReady, Unauthorized
 from service.observability import Metrics
@@ -30,6 +31,7 @@ class Services:
     provider: str
     thresholds: ThresholdPolicy
     calibration: CalibrationSlot
+    idempotency: IdempotencyKeys
 
 
 def get_services(request: Request) -> Services:

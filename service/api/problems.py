@@ -128,14 +128,16 @@ def install_problem_handlers(app: FastAPI) -> None:
 # -- OpenAPI -----------------------------------------------------------------------------------
 
 _DESCRIPTIONS = {
-    400: "Malformed request (unparsable body, too many images, one source_hash per image)",
+    400: "Malformed request (unparsable body, too many images, one source_hash per image, a malformed "
+    "Idempotency-Key)",
     401: "Missing or invalid API key (when keys are configured)",
     403: "The API key may not use this collection",
     404: "Collection, subject or face not found",
-    409: "Already exists",
+    409: "Already exists, or a request with the same Idempotency-Key is still in progress",
     413: "Body or file larger than the configured limits",
     415: "Not a JPEG, PNG or WebP image, or a JSON body sent without Content-Type: application/json",
-    422: "Invalid parameters or body, or an image without a usable face",
+    422: "Invalid parameters or body, an image without a usable face, or an Idempotency-Key used "
+    "before for another request",
     503: "The service is starting",
 }
 

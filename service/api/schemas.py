@@ -173,6 +173,22 @@ class EnrollResponse(BaseModel):
     enrolled: int
     rejected: int
     results: list[EnrollResult]
+    searchable: bool = Field(
+        default=True,
+        description="False: the faces are stored (their face ids are final) but the vector engine was "
+        "unavailable; they become searchable by themselves as soon as it is back. Do not enroll again.",
+    )
+
+
+class DeletedPendingIndex(BaseModel):
+    """A delete the store made while the vector engine was unavailable (200 instead of 204)."""
+
+    deleted: Literal["collection", "subject", "face"]
+    index_pending: Literal[True] = True
+    detail: str = (
+        "Deleted from the store: it no longer appears in any answer. The vector engine was unavailable; "
+        "it drops the vectors by itself as soon as it is back. Do not retry."
+    )
 
 
 class CandidateOut(BaseModel):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from service.domain.faces import FaceEngine, Probe
 from service.domain.gallery import Gallery
+from service.domain.idempotency import Answer, IdempotentWrite
 from service.errors import (
     ImageError,
     LowQualityFace,
@@ -45,6 +47,14 @@ class ImageOutcome:
     error: ServiceError | None = None
     record: FaceRecord | None = None
     source_hash: str | None = None
+
+
+@dataclass(slots=True)
+class Enrollment:
+    """Every image's outcome; ``searchable`` False: stored, the vector engine takes them later."""
+
+    images: list[ImageOutcome]
+    searchable: bool = True
 
 
 def quality_dict(face: AnalyzedFace) -> dict[str, Any]:
@@ -105,10 +115,14 @@ async def enroll_images(
     create_subject: bool,
     max_upload_bytes: int,
     keep_thumbnails: bool,
-) -> list[ImageOutcome]:
+    idempotent: IdempotentWrite | None = None,
+    render: Callable[[Enrollment], Answer] | None = None,
+) -> Enrollment:
     """Analyse every image, embed the accepted faces together, persist them atomically.
 
     ``keep_thumbnails`` stores a small JPEG of each aligned crop with its face (for the console).
+    With ``idempotent``, ``render(enrollment)`` is recorded as the request's answer in the faces'
+    own transaction (and corrected when the vector engine does not take them).
     """
     # Fail fast on a missing collection/subject before spending time on the model.
     await asyncio.to_thread(gallery.store.collections.collection_pk, collection)
@@ -121,12 +135,18 @@ async def enroll_images(
             _choose_face(engine, img, selection, max_upload_bytes, probes.get(id(img))) for img in images
         ]
         outcomes = list(await asyncio.gather(*choices))
+    enrollment = Enrollment(outcomes)
     accepted = [o for o in outcomes if o.error is None and o.face is not None]
     if not accepted:
-        return outcomes
+        return enrollment
     embedded = await engine.embed([o.face for o in accepted if o.face is not None])
 
-    def persist() -> list[FaceRecord]:
+    def attach(records: list[FaceRecord]) -> Enrollment:
+        for outcome, record in zip(accepted, records, strict=True):
+            outcome.record = record
+        return enrollment
+
+    def persist() -> None:
         new_faces = [
             NewFace(
                 embedding=e.embedding,
@@ -138,12 +158,19 @@ async def enroll_images(
             )
             for o, e in zip(accepted, embedded, strict=True)
         ]
-        return gallery.add_faces(collection, subject_id, new_faces, create_subject=create_subject)
+        within = None
+        if idempotent is not None and render is not None:
+            within = idempotent.within(lambda records: render(attach(records)))
+        stored = gallery.store_faces(
+            collection, subject_id, new_faces, create_subject=create_subject, within=within
+        )
+        attach(stored.records)
+        enrollment.searchable = stored.searchable
+        if idempotent is not None and render is not None and not stored.searchable:
+            idempotent.correct(render(enrollment))
 
-    records = await asyncio.to_thread(persist)
-    for outcome, record in zip(accepted, records, strict=True):
-        outcome.record = record
-    return outcomes
+    await asyncio.to_thread(persist)
+    return enrollment
 
 
 def all_rejected_error(outcomes: list[ImageOutcome]) -> ServiceError:

@@ -1,14 +1,21 @@
 """Collections, subjects and faces: the store and the index changed together, store first.
 
-A write is acknowledged only after the store commit and the index update; a crash between the
-two is repaired at start-up because the index is rebuilt from (or verified against) the store.
-The index is any ``VectorIndex`` (embedded FAISS or Milvus): this module does not know which.
+A write is acknowledged only after the store commit; the index is updated right after. The store is
+the source of truth: when the vector engine (Milvus) does not take the change, the write is still
+acknowledged, as stored but not yet searchable (``StoredFaces.searchable``, the API's ``searchable:
+false``), never as a failure a client would retry into a duplicate. Such writes are counted
+(``pending_writes``, on /readyz) and pushed to the engine as soon as it answers again
+(``push_pending``, polled every ``FACES_INDEX_RETRY_INTERVAL_S``), not at the next periodic
+reconcile. A crash between the two steps is repaired at start-up: the index is rebuilt from (or
+verified against) the store. The index is any ``VectorIndex`` (embedded FAISS or Milvus): this
+module does not know which.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,9 +23,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.domain.faces import squared_distance
+from service.errors import VectorEngineUnavailable
 from service.index.base import ReconcileReport, VectorIndex
+from service.storage.engine import InTransaction
 from service.storage.records import CollectionRecord, FaceRecord, NewFace, SubjectRecord
 from service.storage.store import FaceStore
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +48,44 @@ class Candidate:
     distance: float  # squared L2 in [0, 4]
 
 
+@dataclass(frozen=True, slots=True)
+class StoredFaces:
+    """Faces written to the store; ``searchable`` is False while the vector engine has not taken them."""
+
+    records: list[FaceRecord]
+    searchable: bool
+
+
+class PendingWrites:
+    """Writes this process stored but the vector engine did not take, per collection pk."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[int, int] = {}
+
+    def add(self, collection_pk: int, writes: int) -> None:
+        with self._lock:
+            self._counts[collection_pk] = self._counts.get(collection_pk, 0) + max(1, writes)
+
+    def snapshot(self) -> dict[int, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def settle(self, pushed: dict[int, int]) -> None:
+        """Forget what a successful push covered (writes that failed during it stay)."""
+        with self._lock:
+            for pk, n in pushed.items():
+                left = self._counts.get(pk, 0) - n
+                if left > 0:
+                    self._counts[pk] = left
+                else:
+                    self._counts.pop(pk, None)
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._counts.values())
+
+
 class Gallery:
     """The only writer of the store and the indexes."""
 
@@ -44,21 +93,70 @@ class Gallery:
         self.store = store
         self.indexes = indexes
         self._write_lock = threading.Lock()
+        self._pending = PendingWrites()
+
+    # -- the vector engine's share of a write ----------------------------------------------
+
+    def _to_engine(self, collection_pk: int, writes: int, what: str, change: Callable[[], object]) -> bool:
+        """Apply a stored change to the engine; False (and counted as pending) when it is down."""
+        try:
+            change()
+        except VectorEngineUnavailable as exc:
+            self._pending.add(collection_pk, writes)
+            logger.warning(
+                "collection %d: %s stored; the vector engine did not take it (%s): pending, pushed "
+                "when the engine answers again",
+                collection_pk,
+                what,
+                exc.detail,
+            )
+            return False
+        return True
+
+    def pending_writes(self) -> int:
+        """Stored writes the engine has not taken yet (this process's; /readyz reports it)."""
+        return self._pending.total()
+
+    def push_pending(self) -> ReconcileReport | None:
+        """Push pending writes to the engine now (None: nothing pending). Raises
+        VectorEngineUnavailable while the engine is still down; the caller tries again later."""
+        pushed = self._pending.snapshot()
+        if not pushed:
+            return None
+        pks = [c.pk for c in self.store.collections.list_collections()]
+        live = set(pks)
+        report = self.indexes.reconcile(pks, suspects=[pk for pk in pushed if pk in live])
+        self._pending.settle(pushed)
+        logger.warning(
+            "vector engine back: %d pending writes pushed (%d vectors inserted, %d deleted)",
+            sum(pushed.values()),
+            report.inserted,
+            report.deleted,
+        )
+        return report
 
     # -- collections -----------------------------------------------------------------------
 
     def create_collection(
-        self, name: str, description: str, identify_threshold: float | None = None
+        self,
+        name: str,
+        description: str,
+        identify_threshold: float | None = None,
+        *,
+        within: InTransaction | None = None,
     ) -> CollectionRecord:
         with self._write_lock:
-            record = self.store.collections.create_collection(name, description, identify_threshold)
+            record = self.store.collections.create_collection(
+                name, description, identify_threshold, within=within
+            )
             self.indexes.create(record.pk)
             return record
 
-    def delete_collection(self, name: str) -> None:
+    def delete_collection(self, name: str) -> bool:
+        """True when the engine dropped it too; False: deleted, the engine catches up later."""
         with self._write_lock:
             pk = self.store.collections.delete_collection(name)
-            self.indexes.drop(pk)
+            return self._to_engine(pk, 1, "collection delete", lambda: self.indexes.drop(pk))
 
     def index_sizes_by_name(self) -> dict[str, int]:
         collections = self.store.collections.list_collections()
@@ -76,14 +174,25 @@ class Gallery:
     # -- subjects --------------------------------------------------------------------------
 
     def create_subject(
-        self, collection: str, subject_id: str, name: str | None, meta: dict[str, Any]
+        self,
+        collection: str,
+        subject_id: str,
+        name: str | None,
+        meta: dict[str, Any],
+        *,
+        within: InTransaction | None = None,
     ) -> SubjectRecord:
-        return self.store.subjects.create_subject(collection, subject_id, name, meta)
+        return self.store.subjects.create_subject(collection, subject_id, name, meta, within=within)
 
-    def delete_subject(self, collection: str, subject_id: str) -> None:
+    def delete_subject(self, collection: str, subject_id: str) -> bool:
+        """True when the engine dropped its faces too; False: deleted, the engine catches up later
+        (a deleted face is never answered meanwhile: hits are resolved through the store)."""
         with self._write_lock:
             coll_pk, face_pks = self.store.subjects.delete_subject(collection, subject_id)
-            self.indexes.remove(coll_pk, np.asarray(face_pks, dtype=np.int64))
+            ids = np.asarray(face_pks, dtype=np.int64)
+            return self._to_engine(
+                coll_pk, len(ids), "subject delete", lambda: self.indexes.remove(coll_pk, ids)
+            )
 
     # -- faces -----------------------------------------------------------------------------
 
@@ -91,29 +200,58 @@ class Gallery:
         self, collection: str, subject_id: str | None, faces: Sequence[NewFace], *, create_subject: bool
     ) -> list[FaceRecord]:
         """Store faces under ``subject_id`` (None: free-standing faces) and index them."""
-        with self._write_lock:
-            records = self.store.faces.add_faces(collection, subject_id, faces, create_subject=create_subject)
-            if records:
-                ids = np.fromiter((r.pk for r in records), dtype=np.int64, count=len(records))
-                vectors = np.stack([f.embedding for f in faces]).astype(np.float32)
-                coll_pk = records[0].collection_pk
-                written = self.indexes.add(coll_pk, ids, vectors)
-                if written and self.indexes.tracks_writes:  # before the ack: other replicas wait for it
-                    self.store.vector_writes.record_vector_write(coll_pk, written)
-            return records
+        return self.store_faces(collection, subject_id, faces, create_subject=create_subject).records
 
-    def delete_face(self, collection: str, face_id: str) -> FaceRecord:
+    def store_faces(
+        self,
+        collection: str,
+        subject_id: str | None,
+        faces: Sequence[NewFace],
+        *,
+        create_subject: bool,
+        within: InTransaction | None = None,
+    ) -> StoredFaces:
+        """Store the faces (``within`` runs in their transaction), then index them.
+
+        An engine that does not take them leaves them stored and pending (``searchable`` False)."""
+        with self._write_lock:
+            records = self.store.faces.add_faces(
+                collection, subject_id, faces, create_subject=create_subject, within=within
+            )
+            if not records:
+                return StoredFaces(records, True)
+            ids = np.fromiter((r.pk for r in records), dtype=np.int64, count=len(records))
+            vectors = np.stack([f.embedding for f in faces]).astype(np.float32)
+            coll_pk = records[0].collection_pk
+            written: list[int] = []
+            indexed = self._to_engine(
+                coll_pk,
+                len(records),
+                "enrollment",
+                lambda: written.append(self.indexes.add(coll_pk, ids, vectors)),
+            )
+            if indexed and written[0] and self.indexes.tracks_writes:
+                # Before the ack: other replicas' searches wait for it.
+                self.store.vector_writes.record_vector_write(coll_pk, written[0])
+            return StoredFaces(records, indexed)
+
+    def delete_face(self, collection: str, face_id: str) -> bool:
+        """True when the engine dropped it too; False: deleted, the engine catches up later."""
         with self._write_lock:
             record = self.store.faces.delete_face(collection, face_id)
-            self.indexes.remove(record.collection_pk, np.asarray([record.pk], dtype=np.int64))
-            return record
+            ids = np.asarray([record.pk], dtype=np.int64)
+            return self._to_engine(
+                record.collection_pk, 1, "face delete", lambda: self.indexes.remove(record.collection_pk, ids)
+            )
 
     def delete_free_faces(self, collection: str, face_ids: Sequence[str]) -> list[FaceRecord]:
         """Delete the faces among ``face_ids`` that belong to no subject; returns those deleted."""
         with self._write_lock:
             coll_pk, records = self.store.faces.delete_free_faces(collection, face_ids)
             if records:
-                self.indexes.remove(coll_pk, np.asarray([r.pk for r in records], dtype=np.int64))
+                ids = np.asarray([r.pk for r in records], dtype=np.int64)
+                # An engine that is down catches up later; hits are resolved through the store meanwhile.
+                self._to_engine(coll_pk, len(ids), "face delete", lambda: self.indexes.remove(coll_pk, ids))
             return records
 
     # -- users: subjects seen face by face (the index is unchanged: it holds faces) ----------

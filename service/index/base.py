@@ -96,10 +96,15 @@ class VectorIndex(Protocol):
         """Collections whose vector count differs from the store's face count."""
         ...
 
-    def reconcile(self, collection_pks: Sequence[int], *, full: bool = False) -> ReconcileReport:
+    def reconcile(
+        self, collection_pks: Sequence[int], *, full: bool = False, suspects: Sequence[int] = ()
+    ) -> ReconcileReport:
         """Repair differences with the store (idempotent; safe on several replicas at once).
 
-        ``full`` compares every face pk; otherwise counts first, and pks only where they differ.
+        ``collection_pks`` must be every collection the store has: the engine's vectors of any other
+        collection are deleted. ``full`` compares every face pk; otherwise counts first, and pks only
+        where they differ or where the collection is one of ``suspects`` (writes known to be missed:
+        a delete and an insert may leave the count right).
         """
         ...
 

@@ -231,14 +231,22 @@ class IndexRegistry:
             return no_hits(len(np.atleast_2d(queries)))
         return index.search(queries, k)
 
-    def reconcile(self, collection_pks: Sequence[int], *, full: bool = False) -> ReconcileReport:
-        """Rebuild any collection whose index differs from the store (never expected in-process)."""
+    def reconcile(
+        self, collection_pks: Sequence[int], *, full: bool = False, suspects: Sequence[int] = ()
+    ) -> ReconcileReport:
+        """Rebuild any collection whose index differs from the store, or is suspected to."""
         inserted = deleted = 0
-        for pk in self.out_of_sync(collection_pks):
+        redo = set(self.out_of_sync(collection_pks)) | (set(suspects) & set(collection_pks))
+        for pk in sorted(redo):
             before = self.sizes([pk])[pk]
             after = self.rebuild(pk).ntotal
             inserted, deleted = inserted + max(0, after - before), deleted + max(0, before - after)
             logger.warning("collection %d: index differed from the store; rebuilt", pk)
+        with self._lock:
+            orphans = [pk for pk in self._indexes if pk not in set(collection_pks)]
+        for pk in orphans:  # collections the store no longer has (a drop that failed)
+            deleted += self.sizes([pk])[pk]
+            self.drop(pk)
         return ReconcileReport(inserted, deleted, len(collection_pks))
 
     def close(self) -> None:

@@ -316,10 +316,7 @@ class MilvusIndex:
             except MilvusException as exc:
                 if pause is None:
                     self._reconnect_soon(exc)
-                    raise VectorEngineUnavailable(
-                        "The vector engine did not accept the change. It is stored and becomes "
-                        "searchable once the engine is back (repaired automatically)."
-                    ) from exc
+                    raise VectorEngineUnavailable("The vector engine did not accept the change.") from exc
                 logger.warning("Milvus write failed (attempt %d): %s; retrying", attempt + 1, exc)
                 time.sleep(pause)
         raise AssertionError("unreachable")
@@ -402,14 +399,18 @@ class MilvusIndex:
             time.perf_counter() - started,
         )
 
-    def reconcile(self, collection_pks: Sequence[int], *, full: bool = False) -> ReconcileReport:
+    def reconcile(
+        self, collection_pks: Sequence[int], *, full: bool = False, suspects: Sequence[int] = ()
+    ) -> ReconcileReport:
         """Make Milvus hold exactly the store's faces: missing pks inserted, extra or doubled ones fixed.
 
-        ``full=False`` (the periodic pass) compares counts and diffs only collections that differ.
+        ``full=False`` (the periodic pass) compares counts and diffs only collections that differ,
+        and the ``suspects`` (writes this replica knows Milvus missed).
         """
         inserted = deleted = 0
+        suspected = set(suspects)
         for pk in collection_pks:
-            if not full and self.count(pk) == self._store.face_count(pk):
+            if not full and pk not in suspected and self.count(pk) == self._store.face_count(pk):
                 continue
             added, removed = self._reconcile_collection(pk)
             inserted, deleted = inserted + added, deleted + removed

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from service.errors import CollectionExists, CollectionNotFound
-from service.storage.engine import aware, utc_now
+from service.storage.engine import InTransaction, aware, utc_now
 from service.storage.records import CollectionLookup, CollectionRecord
 from service.storage.schema import collections_table, faces_table, subjects_table, vector_writes_table
 
@@ -42,8 +42,14 @@ class CollectionRepository:
         self._engine = engine
 
     def create_collection(
-        self, name: str, description: str = "", identify_threshold: float | None = None
+        self,
+        name: str,
+        description: str = "",
+        identify_threshold: float | None = None,
+        *,
+        within: InTransaction | None = None,
     ) -> CollectionRecord:
+        """``within`` runs in the same transaction with the new ``CollectionRecord``."""
         now = utc_now()
         own = (
             {
@@ -61,9 +67,12 @@ class CollectionRepository:
                         name=name, description=description, revision=0, created_at=now, **own
                     )
                 )
+                record = _with_counts(conn, collection_row(conn, name))
+                if within is not None:
+                    within(conn, record)
         except IntegrityError as exc:
             raise CollectionExists(f"Collection '{name}' already exists.", collection=name) from exc
-        return self.get_collection(name)
+        return record
 
     def list_collections(self) -> list[CollectionRecord]:
         with self._engine.connect() as conn:

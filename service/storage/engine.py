@@ -6,11 +6,17 @@ PostgreSQL gets a pre-pinged connection pool. Nothing else in the store knows wh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection
+
+# Run inside a write's own transaction with what it wrote (an Idempotency-Key completion,
+# service/domain/idempotency.py): it commits or rolls back with the write.
+InTransaction = Callable[[Connection, Any], None]
 
 
 def utc_now() -> datetime:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from service.errors import FaceNotFound, SubjectNotFound, ThumbnailNotFound
 from service.storage.collections import bump_revision, collection_row
-from service.storage.engine import aware, utc_now
+from service.storage.engine import InTransaction, aware, utc_now
 from service.storage.records import FaceRecord, NewFace
 from service.storage.schema import collections_table, face_thumbnails_table, faces_table, subjects_table
 from service.storage.subjects import insert_subject, subject_pk
@@ -37,11 +37,15 @@ class FaceRepository:
         faces: Sequence[NewFace],
         *,
         create_subject: bool,
+        within: InTransaction | None = None,
     ) -> list[FaceRecord]:
-        """Persist faces (and the subject when asked) in one transaction; ``subject_id`` None stores
-        free-standing faces."""
+        """Persist faces (and the subject when asked; ``subject_id`` None: free-standing faces) in one
+        transaction; ``within`` runs in it with the new ``FaceRecord`` list."""
         with self._engine.begin() as conn:
-            return insert_faces(conn, collection, subject_id, faces, create_subject=create_subject)
+            records = insert_faces(conn, collection, subject_id, faces, create_subject=create_subject)
+            if within is not None:
+                within(conn, records)
+            return records
 
     def list_faces(self, collection: str, subject_id: str) -> list[FaceRecord]:
         with self._engine.connect() as conn:

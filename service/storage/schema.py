@@ -124,6 +124,28 @@ vector_writes_table = Table(
 )
 
 
+# Idempotency-Key records (service/domain/idempotency.py): one row per (caller, key) until it expires.
+# The row of a completed request is written in the transaction of the write it answers for, so a
+# crash never leaves a stored face without its key record, nor a key record without its face.
+# Times are epoch milliseconds: compared in SQL the same way on every dialect. A new table: created
+# by ``migrate`` (create_all) on an older database, no migration step needed.
+idempotency_keys_table = Table(
+    "idempotency_keys",
+    metadata_obj,
+    Column("caller", String(64), primary_key=True),
+    Column("idem_key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("token", String(32), nullable=False),  # which attempt holds the key
+    Column("state", String(16), nullable=False),  # "in_flight" | "done"
+    Column("status", Integer, nullable=True),
+    Column("body", JSON, nullable=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("lease_until_ms", BigInteger, nullable=False),  # an in-flight attempt presumed dead after
+    Column("expires_ms", BigInteger, nullable=False),
+    Index("ix_idempotency_keys_expires", "expires_ms"),
+)
+
+
 # -- migrations ----------------------------------------------------------------------------------
 
 

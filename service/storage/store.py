@@ -10,6 +10,7 @@ repository per aggregate; every write is one transaction.
     subjects.py       subjects
     faces.py          faces, thumbnails, the embedding streams indexes rebuild from
     vector_writes.py  the vector engine's last acknowledged write per collection
+    idempotency.py    Idempotency-Key records (service/domain/idempotency.py)
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from sqlalchemy import Engine, select
 from service.storage.collections import CollectionRepository
 from service.storage.engine import make_engine
 from service.storage.faces import FaceRepository
+from service.storage.idempotency import IdempotencyRepository
 from service.storage.schema import migrate
 from service.storage.subjects import SubjectRepository
 from service.storage.vector_writes import VectorWriteRepository
 
 
 class FaceStore:
-    """The engine and the repositories over it: collections, subjects, faces, vector writes."""
+    """The engine and the repositories over it: collections, subjects, faces, vector writes,
+    idempotency keys."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -33,6 +36,7 @@ class FaceStore:
         self.subjects = SubjectRepository(engine)
         self.faces = FaceRepository(engine)
         self.vector_writes = VectorWriteRepository(engine)
+        self.idempotency = IdempotencyRepository(engine)
 
     @classmethod
     def from_url(cls, url: str) -> FaceStore:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from service.errors import SubjectExists, SubjectNotFound
 from service.storage.collections import bump_revision, collection_row
-from service.storage.engine import aware, utc_now
+from service.storage.engine import InTransaction, aware, utc_now
 from service.storage.records import SubjectRecord
 from service.storage.schema import faces_table, subjects_table
 
@@ -54,17 +54,29 @@ class SubjectRepository:
         self._engine = engine
 
     def create_subject(
-        self, collection: str, subject_id: str, name: str | None, meta: dict[str, Any]
+        self,
+        collection: str,
+        subject_id: str,
+        name: str | None,
+        meta: dict[str, Any],
+        *,
+        within: InTransaction | None = None,
     ) -> SubjectRecord:
+        """``within`` runs in the same transaction with the new ``SubjectRecord``."""
         try:
             with self._engine.begin() as conn:
                 coll = collection_row(conn, collection)
-                insert_subject(conn, int(coll.pk), subject_id, name, meta)
+                pk = insert_subject(conn, int(coll.pk), subject_id, name, meta)
+                record = _subject_record(
+                    conn.execute(_subjects_query().where(subjects_table.c.pk == pk)).one()
+                )
+                if within is not None:
+                    within(conn, record)
         except IntegrityError as exc:
             raise SubjectExists(
                 f"Subject '{subject_id}' already exists in '{collection}'.", subject_id=subject_id
             ) from exc
-        return self.get_subject(collection, subject_id)
+        return record
 
     def list_subjects(
         self, collection: str, offset: int, limit: int, id_prefix: str | None = None

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 
 from service.api.deps import CallerDep, CollectionDep, Services, ServicesDep
+from service.api.idempotency import IdempotencyKeyHeader, begin, released_on_failure
 from service.api.problems import problem_responses
 from service.api.schemas import (
     CalibrationOut,
@@ -20,7 +22,9 @@ from service.api.schemas import (
     Problem,
     VerifyThresholdOut,
 )
+from service.api.writes import DELETED_PENDING_INDEX, deleted_pending_index
 from service.domain.calibration import OperatingPoint, calibrate_collection
+from service.domain.idempotency import Answer, json_digest
 from service.domain.thresholds import ThresholdInForce
 from service.storage.records import CollectionRecord
 
@@ -57,9 +61,28 @@ def collection_out(record: CollectionRecord, services: Services) -> CollectionOu
     response_model=CollectionOut,
     responses=problem_responses(400, 401, 403, 409, 413, 422, 503),
 )
-def create_collection(body: CollectionCreate, services: ServicesDep, caller: CallerDep) -> CollectionOut:
+def create_collection(
+    request: Request,
+    body: CollectionCreate,
+    services: ServicesDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> CollectionOut | JSONResponse:
     caller.check(body.name)
-    record = services.gallery.create_collection(body.name, body.description, body.identify_threshold)
+    write = begin(services.idempotency, request, caller, idempotency_key, json_digest(body.model_dump()))
+    if isinstance(write, JSONResponse):
+        return write
+
+    def answer(record: CollectionRecord) -> Answer:
+        return Answer(201, collection_out(record, services).model_dump(mode="json"))
+
+    with released_on_failure(write):
+        record = services.gallery.create_collection(
+            body.name,
+            body.description,
+            body.identify_threshold,
+            within=write.within(answer) if write is not None else None,
+        )
     return collection_out(record, services)
 
 
@@ -89,10 +112,13 @@ def patch_collection(
     return collection_out(services.gallery.store.collections.update_collection(collection, changes), services)
 
 
-@router.delete("/{collection}", status_code=status.HTTP_204_NO_CONTENT, responses=_ONE)
+@router.delete(
+    "/{collection}", status_code=status.HTTP_204_NO_CONTENT, responses={**_ONE, **DELETED_PENDING_INDEX}
+)
 def delete_collection(collection: CollectionDep, services: ServicesDep) -> Response:
-    services.gallery.delete_collection(collection)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    if services.gallery.delete_collection(collection):
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted_pending_index("collection")
 
 
 def operating_point_out(point: OperatingPoint) -> OperatingPointOut:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
 from fastapi.responses import JSONResponse
 
-from service.api.deps import CollectionDep, ServicesDep
+from service.api.deps import CallerDep, CollectionDep, ServicesDep
+from service.api.idempotency import IdempotencyKeyHeader, begin, released_on_failure
 from service.api.problems import problem_response, problem_responses
 from service.api.schemas import (
     EnrollResponse,
@@ -23,7 +25,9 @@ from service.api.schemas import (
 )
 from service.api.uploads import read_upload
 from service.api.validation import check_filename
+from service.api.writes import DELETED_PENDING_INDEX, deleted_pending_index
 from service.domain.enroll import (
+    Enrollment,
     FaceSelection,
     ImageOutcome,
     UploadedImage,
@@ -31,6 +35,7 @@ from service.domain.enroll import (
     enroll_images,
     quality_dict,
 )
+from service.domain.idempotency import Answer, parts_digest
 from service.errors import InvalidRequest, SubjectNotFound, ThumbnailsDisabled
 from service.storage.records import FaceRecord
 
@@ -69,10 +74,11 @@ def _result(outcome: ImageOutcome) -> EnrollResult:
     status_code=status.HTTP_201_CREATED,
     response_model=EnrollResponse,
     responses={
-        **problem_responses(400, 401, 403, 404, 413, 415, 503),
+        **problem_responses(400, 401, 403, 404, 409, 413, 415, 503),
         422: {
             "model": Problem,
-            "description": "Invalid parameters, or no image could be enrolled (per-image results inside)",
+            "description": "Invalid parameters, no image could be enrolled (per-image results inside), or "
+            "an Idempotency-Key used before for another request",
         },
     },
 )
@@ -81,6 +87,7 @@ async def enroll_faces(
     collection: CollectionDep,
     subject_id: SubjectId,
     services: ServicesDep,
+    caller: CallerDep,
     images: Annotated[list[UploadFile], File(description="One or more JPEG/PNG/WebP images")],
     source_hash: Annotated[
         list[SourceHash] | None,
@@ -90,7 +97,11 @@ async def enroll_faces(
     face_selection: Annotated[
         FaceSelection, Query(description="strict: exactly one face per image; largest: take the largest")
     ] = FaceSelection.strict,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> EnrollResponse | JSONResponse:
+    """Enroll faces; ``searchable: false`` in the answer: stored (face ids final), the vector engine
+    was unavailable and indexes them by itself as soon as it is back. Send an ``Idempotency-Key``
+    to make retries safe."""
     settings = services.settings
     if len(images) > settings.max_images_per_request:
         raise InvalidRequest(f"At most {settings.max_images_per_request} images per request.")
@@ -107,37 +118,58 @@ async def enroll_faces(
         )
         for i, upload in enumerate(images)
     ]
-    try:
-        outcomes = await enroll_images(
-            services.engine,
-            services.gallery,
-            collection,
-            subject_id,
-            uploads,
-            selection=face_selection,
-            create_subject=create_subject,
-            max_upload_bytes=settings.max_upload_bytes,
-            keep_thumbnails=settings.thumbnails_enabled,
-        )
-    except SubjectNotFound as exc:  # the one route where the fix is a query parameter away
-        raise SubjectNotFound(
-            f"Subject '{subject_id}' not found in '{collection}'; add create_subject=true to the query "
-            "to create it with these faces."
-        ) from exc
-    results = [_result(o) for o in outcomes]
+    parts = [("images", u.filename, u.data) for u in uploads]
+    parts += [("source_hash", h.lower(), b"") for h in hashes]
+    write = await asyncio.to_thread(
+        begin, services.idempotency, request, caller, idempotency_key, parts_digest(parts)
+    )
+    if isinstance(write, JSONResponse):
+        return write
+
+    def answer(enrollment: Enrollment) -> Answer:
+        return Answer(201, _response(collection, subject_id, enrollment).model_dump(mode="json"))
+
+    with released_on_failure(write):
+        try:
+            enrollment = await enroll_images(
+                services.engine,
+                services.gallery,
+                collection,
+                subject_id,
+                uploads,
+                selection=face_selection,
+                create_subject=create_subject,
+                max_upload_bytes=settings.max_upload_bytes,
+                keep_thumbnails=settings.thumbnails_enabled,
+                idempotent=write,
+                render=answer,
+            )
+        except SubjectNotFound as exc:  # the one route where the fix is a query parameter away
+            raise SubjectNotFound(
+                f"Subject '{subject_id}' not found in '{collection}'; add create_subject=true to the query "
+                "to create it with these faces."
+            ) from exc
+    body = _response(collection, subject_id, enrollment)
+    if body.enrolled:
+        return body
+    if write is not None:  # nothing stored: a retry with the key runs anew
+        await asyncio.to_thread(write.release)
+    error = all_rejected_error(enrollment.images)
+    extra = {**error.extra, **body.model_dump(mode="json", exclude={"searchable"})}
+    return problem_response(error.status, error.code, error.title, error.detail, request, **extra)
+
+
+def _response(collection: str, subject_id: str, enrollment: Enrollment) -> EnrollResponse:
+    results = [_result(o) for o in enrollment.images]
     enrolled = sum(1 for r in results if r.status == "enrolled")
-    body = EnrollResponse(
+    return EnrollResponse(
         collection=collection,
         subject_id=subject_id,
         enrolled=enrolled,
         rejected=len(results) - enrolled,
         results=results,
+        searchable=enrollment.searchable,
     )
-    if enrolled:
-        return body
-    error = all_rejected_error(outcomes)
-    extra = {**error.extra, **body.model_dump(mode="json")}
-    return problem_response(error.status, error.code, error.title, error.detail, request, **extra)
 
 
 @router.get("/subjects/{subject_id}/faces", response_model=FaceList, responses=_READ)
@@ -152,10 +184,13 @@ def get_face(collection: CollectionDep, face_id: FaceId, services: ServicesDep) 
     return face_out(services.gallery.store.faces.get_face(collection, face_id))
 
 
-@router.delete("/faces/{face_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_READ)
+@router.delete(
+    "/faces/{face_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**_READ, **DELETED_PENDING_INDEX}
+)
 def delete_face(collection: CollectionDep, face_id: FaceId, services: ServicesDep) -> Response:
-    services.gallery.delete_face(collection, face_id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    if services.gallery.delete_face(collection, face_id):
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted_pending_index("face")
 
 
 @router.get(

@@ -32,12 +32,15 @@ def _readiness(services: Services | None) -> tuple[bool, dict[str, object]]:
     checks: dict[str, object] = {"model": services.card.name, "execution_provider": services.provider}
     ready = True
     checks["vector_engine"] = services.gallery.indexes.engine
+    # Writes this replica stored while the engine was down, not yet in it (pushed once it answers).
+    pending = services.gallery.pending_writes()
+    checks["index_pending_writes"] = pending
     try:
         services.gallery.store.ping()
         checks["store"] = "ok"
         stale = services.gallery.index_out_of_sync()
         checks["index"] = "in_sync" if not stale else f"out_of_sync: {stale}"
-        ready = not stale
+        ready = not stale and pending == 0
     except SQLAlchemyError:
         logger.warning("readiness: store unreachable", exc_info=True)
         checks["store"] = "unreachable"
@@ -51,7 +54,8 @@ def _readiness(services: Services | None) -> tuple[bool, dict[str, object]]:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(request: Request) -> Response:
-    """Model loaded, store reachable, every index the size of its collection in the store."""
+    """Model loaded, store reachable, every index the size of its collection in the store, and no
+    stored write waiting for the vector engine (``checks.index_pending_writes``)."""
     services: Services | None = getattr(request.app.state, "services", None)
     ready, checks = await asyncio.to_thread(_readiness, services)
     body = Health(status="ready" if ready else "not_ready", checks=checks)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import JSONResponse
 
-from service.api.deps import CollectionDep, ServicesDep
+from service.api.deps import CallerDep, CollectionDep, ServicesDep
+from service.api.idempotency import IdempotencyKeyHeader, begin, released_on_failure
 from service.api.problems import problem_responses
 from service.api.schemas import SubjectCreate, SubjectId, SubjectOut, SubjectPage, SubjectPatch
 from service.api.validation import check_metadata
+from service.api.writes import DELETED_PENDING_INDEX, deleted_pending_index
+from service.domain.idempotency import Answer, json_digest
 from service.settings import Settings
 from service.storage.records import SubjectRecord
 
@@ -41,9 +45,28 @@ def subject_out(record: SubjectRecord) -> SubjectOut:
     response_model=SubjectOut,
     responses={**_WRITE, **problem_responses(409)},
 )
-def create_subject(collection: CollectionDep, body: SubjectCreate, services: ServicesDep) -> SubjectOut:
+def create_subject(
+    request: Request,
+    collection: CollectionDep,
+    body: SubjectCreate,
+    services: ServicesDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> SubjectOut | JSONResponse:
     _check_metadata(body.metadata, services.settings)
-    record = services.gallery.create_subject(collection, body.subject_id, body.name, body.metadata)
+    write = begin(services.idempotency, request, caller, idempotency_key, json_digest(body.model_dump()))
+    if isinstance(write, JSONResponse):
+        return write
+    with released_on_failure(write):
+        record = services.gallery.create_subject(
+            collection,
+            body.subject_id,
+            body.name,
+            body.metadata,
+            within=write.within(lambda r: Answer(201, subject_out(r).model_dump(mode="json")))
+            if write is not None
+            else None,
+        )
     return subject_out(record)
 
 
@@ -76,7 +99,10 @@ def update_subject(
     return subject_out(services.gallery.store.subjects.update_subject(collection, subject_id, changes))
 
 
-@router.delete("/{subject_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_READ)
+@router.delete(
+    "/{subject_id}", status_code=status.HTTP_204_NO_CONTENT, responses={**_READ, **DELETED_PENDING_INDEX}
+)
 def delete_subject(collection: CollectionDep, subject_id: SubjectId, services: ServicesDep) -> Response:
-    services.gallery.delete_subject(collection, subject_id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    if services.gallery.delete_subject(collection, subject_id):
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted_pending_index("subject")
