@@ -9,6 +9,12 @@ after a restart) measures identify against a large gallery.
     python -m bench.bench_http                          # 100 faces, 4 users, 20 s per run, 100k synthetic
     python -m bench.bench_http --users 8 --duration 60 --synthetic 1M
     python -m bench.bench_http --device gpu             # CUDA provider + GPU FAISS in the server
+    python -m bench.bench_http --faces 0 --batching "" --synthetic 1M \
+        --experiments main,exact,main,exact --before ../main      # before/after, interleaved
+
+Experiment names beyond bench/experiments.py: ``main`` runs the server from the ``--before``
+checkout (PYTHONPATH there), ``exact`` runs this checkout with the compressed index off
+(FACES_COMPRESSED_INDEX_MIN_FACES=0), so both scan the same gallery exactly.
 """
 
 from __future__ import annotations
@@ -179,11 +185,12 @@ def main(argv: list[str] | None = None) -> Report:
     parser.add_argument("--threads", type=int, default=0, help="FACES_INTRA_OP_THREADS (0 = all cores)")
     parser.add_argument("--lfw-dir", type=Path, default=DEFAULT_LFW_ROOT)
     parser.add_argument("--tag", default="", help="save as bench_http-TAG.json (kept beside the default run)")
+    parser.add_argument("--before", type=Path, default=None, help="checkout the 'main' experiment runs from")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
     report = start_report("bench_http", argv, tag=args.tag)
-    people = enrollment_people(args.lfw_dir, args.faces)
+    people = enrollment_people(args.lfw_dir, max(args.faces, 100))  # the identify probes
     probes = [probe for _, _, probe in people]
     enroll_photos = [photo for _, photo, _ in people]
     modes = [part.strip() == "on" for part in args.batching.split(",") if part.strip()]
@@ -241,7 +248,9 @@ def main(argv: list[str] | None = None) -> Report:
                     batching=True,
                     device=args.device,
                     threads=args.threads,
-                    experiment=None if experiment == "none" else experiment,
+                    experiment=None if experiment in ("none", "main", "exact") else experiment,
+                    repo_root=args.before.resolve() if experiment == "main" and args.before else None,
+                    extra_env={"FACES_COMPRESSED_INDEX_MIN_FACES": "0"} if experiment == "exact" else None,
                 )
                 with running(config) as server:
                     startup[f"synthetic_{experiment}"] = server.startup_s

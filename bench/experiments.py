@@ -28,7 +28,7 @@ def counting_lookup() -> None:
 
     def collection_lookup(self: CollectionRepository, name: str) -> CollectionLookup:
         record = self.get_collection(name)
-        return CollectionLookup(record.pk, record.identify_threshold, record.identify_threshold_source)
+        return CollectionLookup(record.pk, record.own_threshold, record.subject_count, record.face_count)
 
     CollectionRepository.collection_pk = collection_pk  # type: ignore[method-assign]
     CollectionRepository.collection_lookup = collection_lookup  # type: ignore[method-assign]

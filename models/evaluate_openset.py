@@ -16,6 +16,19 @@ on the pooled first half of the rotations; its FPIR is then measured on the othe
 (``threshold`` stays the verification threshold) and keeps the report and plot in
 ``<model-dir>/lfw_eval/``.
 
+The size ladder: the same choice (``--target-fpir`` on the pooled first half of the rotations, FPIR
+and DIR measured on the other half) at each of ``--ladder-sizes`` people, for each of
+``--ladder-enroll-counts`` photos per person, with more rotations for smaller galleries
+(``--rotations`` × 1000 / size, at most 100: their stranger rate swings with who is enrolled).
+Its galleries are drawn among everyone with at least k
+photos (anyone may be enrolled; those with more photos give the genuine probes), so LFW allows 3,000
+people. ``--update-card`` writes the ladders as ``identify_threshold_by_size`` (the service reads them
+at a collection's number of subjects, log-size interpolation clamped at the ends, and between the
+ladders at its photos per subject) and the side-by-side comparison into
+``metrics["openset"]["size_ladder"]``. The comparison
+draws fresh galleries (seed ``--seed + 1``) at ``--compare-sizes`` and measures FPIR and DIR of the
+fixed ``identify_threshold`` and of the ladder read at each size (plot ``openset_<model>_by_size.png``).
+
 How this differs from BLUFR (Liao et al. 2014, open-set identification, DIR at rank 1 @ FAR=1%):
 BLUFR splits LFW into 10 trials of ~1,500 training people and ~4,249 test people; in each trial's
 test set, 1,000 people with one image each form the gallery, their other images are the genuine
@@ -34,6 +47,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -45,6 +59,7 @@ from numpy.typing import NDArray
 from models.evaluate_lfw import REPO_ROOT, add_pipeline_arguments, embed_lfw_images
 from models.openset import (
     dir_at_threshold,
+    effective_gallery_size,
     evaluate_openset,
     find_config,
     fpir_at_threshold,
@@ -53,7 +68,7 @@ from models.openset import (
     rotation_split,
     score_split,
 )
-from service.runtime.model_card import ModelCard
+from service.runtime.model_card import IdentifyThresholdBySize, ModelCard
 from service.runtime.onnx_session import active_provider
 
 logger = logging.getLogger(__name__)
@@ -98,6 +113,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--reference-gallery", type=int, default=1000, help="gallery people the threshold is chosen at"
     )
     parser.add_argument("--reference-enroll", type=int, default=1, help="enrolled photos per person there")
+    parser.add_argument(
+        "--ladder-sizes", type=int, nargs="+", default=[10, 30, 100, 300, 1000, 3000], help="people"
+    )
+    parser.add_argument("--ladder-enroll-counts", type=int, nargs="+", default=[1, 5])
+    parser.add_argument(
+        "--compare-sizes",
+        type=int,
+        nargs="+",
+        default=[10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000, 3000],
+        help="gallery sizes of the fixed-vs-ladder comparison",
+    )
     return parser.parse_args(argv)
 
 
@@ -197,6 +223,169 @@ def plot_dir_fpir(report: dict[str, Any], identify_threshold: dict[str, Any], pa
     return path
 
 
+def rotations_at(gallery_size: int, rotations: int) -> int:
+    """Seeded rotations for a gallery size: ``rotations`` at 1,000 people and beyond, more for smaller
+    galleries (up to 100), whose stranger rate swings with who happens to be enrolled (one look-alike
+    in a 10-person gallery moves it a lot) and which are cheap to score."""
+    return int(min(max(rotations, math.ceil(rotations * 1000 / gallery_size)), max(rotations, 100)))
+
+
+def size_ladders(
+    embeddings: NDArray[np.float32], labels: NDArray[np.int64], args: argparse.Namespace
+) -> dict[int, dict[str, Any]]:
+    """Per enrolled-photo count: the ``--target-fpir`` threshold at each ladder size, held-out figures."""
+    key = fpir_key(args.target_fpir)
+    blocks: list[dict[str, Any]] = []
+    for size in sorted(set(args.ladder_sizes)):
+        report = evaluate_openset(
+            embeddings,
+            labels,
+            gallery_sizes=(size,),
+            enroll_counts=tuple(sorted(set(args.ladder_enroll_counts))),
+            fpirs=(args.target_fpir,),
+            rotations=rotations_at(size, args.rotations),
+            seed=args.seed,
+            probe_photos=0,
+        )
+        blocks.extend(dict(block, rotations=report["rotations"]) for block in report["results"])
+    ladders: dict[int, dict[str, Any]] = {}
+    for block in sorted(blocks, key=lambda b: (b["enroll_count"], b["gallery_size_requested"])):
+        held = block["heldout"]
+        if not held:
+            raise SystemExit("--rotations must be >= 2 to hold rotations out")
+        ladder = ladders.setdefault(
+            block["enroll_count"],
+            {
+                "target_fpir": args.target_fpir,
+                "enroll_count": block["enroll_count"],
+                "held_out": "each step: threshold chosen on the pooled first half of its rotations, "
+                "FPIR and DIR measured on the other half",
+                "seed": args.seed,
+                "protocol": report["protocol"],
+                "steps": [],
+            },
+        )
+        if ladder["steps"] and ladder["steps"][-1]["gallery_size"] == block["gallery_size"]:
+            continue  # a larger size capped to the one before: nothing new
+        chosen = held[key]
+        ladder["steps"].append(
+            {
+                "gallery_size": block["gallery_size"],
+                "threshold": round(chosen["threshold"], 6),
+                "gallery_size_requested": block["gallery_size_requested"],
+                "cap_reason": block["cap_reason"],
+                "rotations": block["rotations"],
+                "threshold_per_rotation_mean": block["threshold_at_fpir"][key]["mean"],
+                "threshold_per_rotation_std": block["threshold_at_fpir"][key]["std"],
+                "fpir_heldout": chosen["fpir_measured"]["mean"],
+                "fpir_heldout_std": chosen["fpir_measured"]["std"],
+                "dir_heldout": float(np.nanmean(chosen["dir_measured"]["per_rotation"])),
+                "unknown_probes": block["unknown_probes"]["mean"],
+                "genuine_probes": block["genuine_probes"]["mean"],
+            }
+        )
+    return ladders
+
+
+def compare_rules(
+    embeddings: NDArray[np.float32],
+    labels: NDArray[np.int64],
+    rules: dict[str, IdentifyThresholdBySize | float],
+    *,
+    sizes: list[int],
+    enroll_counts: list[int],
+    rotations: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """FPIR and DIR of each rule (a fixed threshold, or a ladder read at the gallery's size) on fresh
+    seeded galleries of every size and photo count (drawn as the ladder's are)."""
+    rows: list[dict[str, Any]] = []
+    for enroll_count in sorted(set(enroll_counts)):
+        done: set[int] = set()
+        for requested in sorted(set(sizes)):
+            size, reason = effective_gallery_size(labels, requested, enroll_count, probe_photos=0)
+            if size in done:
+                continue
+            done.add(size)
+            faces = size * enroll_count
+            thresholds = {
+                name: rule.at(size, faces) if isinstance(rule, IdentifyThresholdBySize) else rule
+                for name, rule in rules.items()
+            }
+            fpirs: dict[str, list[float]] = {name: [] for name in rules}
+            dirs: dict[str, list[float]] = {name: [] for name in rules}
+            for rotation in range(rotations_at(size, rotations)):
+                split = rotation_split(labels, size, enroll_count, seed, rotation, probe_photos=0)
+                scores = score_split(embeddings, labels, split)
+                for name, t in thresholds.items():
+                    fpirs[name].append(fpir_at_threshold(scores.unknown_best, t))
+                    dirs[name].append(dir_at_threshold(scores.genuine_best, scores.genuine_correct, t))
+            rows.append(
+                {
+                    "gallery_size": size,
+                    "gallery_size_requested": requested,
+                    "cap_reason": reason,
+                    "enroll_count": enroll_count,
+                    "rotations": rotations_at(size, rotations),
+                    **{
+                        name: {
+                            "threshold": round(thresholds[name], 6),
+                            "fpir_mean": float(np.mean(fpirs[name])),
+                            "fpir_std": float(np.std(fpirs[name])),
+                            "dir_mean": float(np.nanmean(dirs[name])),
+                            "dir_std": float(np.nanstd(dirs[name])),
+                        }
+                        for name in rules
+                    },
+                }
+            )
+    return rows
+
+
+def plot_by_size(comparison: list[dict[str, Any]], target_fpir: float, path: Path, title: str) -> Path:
+    """FPIR and DIR against gallery size (log axis) for the fixed threshold and the size ladder."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_fpir, ax_dir) = plt.subplots(1, 2, figsize=(10.0, 4.4), dpi=120)
+    styles = {"fixed": ("tab:grey", "fixed identify_threshold"), "by_size": ("tab:blue", "ladder by size")}
+    for enroll_count, marker in zip(sorted({r["enroll_count"] for r in comparison}), "os^v", strict=False):
+        rows = [r for r in comparison if r["enroll_count"] == enroll_count]
+        sizes = [r["gallery_size"] for r in rows]
+        for rule, (color, label) in styles.items():
+            fpir = np.asarray([r[rule]["fpir_mean"] for r in rows])
+            fpir_std = np.asarray([r[rule]["fpir_std"] for r in rows])
+            dirs = np.asarray([r[rule]["dir_mean"] for r in rows])
+            name = f"{label}, {enroll_count} photo(s)/person"
+            line = "-" if enroll_count == 1 else "--"
+            ax_fpir.plot(sizes, 100 * fpir, line, marker=marker, color=color, label=name)
+            ax_fpir.fill_between(
+                sizes,
+                100 * np.maximum(fpir - fpir_std, 0.0),
+                100 * (fpir + fpir_std),
+                color=color,
+                alpha=0.08,
+            )
+            ax_dir.plot(sizes, 100 * dirs, line, marker=marker, color=color, label=name)
+    ax_fpir.axhline(100 * target_fpir, color="black", linewidth=0.8, label=f"target {100 * target_fpir:g}%")
+    ax_fpir.axhspan(50 * target_fpir, 200 * target_fpir, color="green", alpha=0.07, label="×2 of target")
+    for ax in (ax_fpir, ax_dir):
+        ax.set_xscale("log")
+        ax.set_xlabel("gallery size (people enrolled)")
+        ax.grid(True, which="both", alpha=0.3)
+    ax_fpir.set_ylabel("FPIR % (strangers given a name)")
+    ax_dir.set_ylabel("DIR % (known people named correctly)")
+    ax_fpir.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -255,6 +444,37 @@ def main(argv: list[str] | None = None) -> int:
         report,
         {"verification_threshold": card.threshold, "identify_threshold": identify["value"]},
     )
+    ladders = size_ladders(embeddings, labels, args)
+    served = IdentifyThresholdBySize.model_validate(
+        {"target_fpir": args.target_fpir, "ladders": [ladders[k] for k in sorted(ladders)]}
+    )
+    comparison = compare_rules(
+        embeddings,
+        labels,
+        {"fixed": identify["value"], "by_size": served},
+        sizes=args.compare_sizes,
+        enroll_counts=args.ladder_enroll_counts,
+        rotations=args.rotations,
+        seed=args.seed + 1,
+    )
+    size_ladder = {
+        "ladders": [ladders[k] for k in sorted(ladders)],
+        "comparison": {
+            "seed": args.seed + 1,
+            "rotations_at_1000_people": args.rotations,
+            "fixed_threshold": identify["value"],
+            "rows": comparison,
+            "fpir_within_factor_2": {
+                rule: all(
+                    args.target_fpir / HELDOUT_TOLERANCE
+                    <= row[rule]["fpir_mean"]
+                    <= args.target_fpir * HELDOUT_TOLERANCE
+                    for row in comparison
+                )
+                for rule in ("fixed", "by_size")
+            },
+        },
+    }
     result: dict[str, Any] = {
         "model": card.name,
         "onnx_file": card.onnx_file,
@@ -271,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         "identify_threshold": identify,
         "verification_threshold": card.threshold,
         "operating_points": points,
+        "size_ladder": size_ladder,
         **report,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +503,13 @@ def main(argv: list[str] | None = None) -> int:
         plot_path = plot_dir_fpir(
             report, identify, directory / f"openset_{card.name}_dir_fpir.png", f"LFW open set — {card.name}"
         )
-        print(f"report {report_path}\nplot   {plot_path}")
+        size_plot = plot_by_size(
+            comparison,
+            args.target_fpir,
+            directory / f"openset_{card.name}_by_size.png",
+            f"LFW open set by gallery size — {card.name}",
+        )
+        print(f"report {report_path}\nplot   {plot_path}\nplot   {size_plot}")
 
     print_summary(result)
     if args.update_card:
@@ -316,6 +543,24 @@ def print_summary(result: dict[str, Any]) -> None:
         f"{ident['fpir_heldout']:.4f} (×{ident['fpir_heldout_ratio_to_target']:.2f} of target, "
         f"within 2×: {ident['within_factor_2']}), DIR {100 * ident['dir_heldout']:.2f}%"
     )
+    ladder = result["size_ladder"]
+    for each in ladder["ladders"]:
+        steps = ", ".join(
+            f"{s['gallery_size']}: {s['threshold']:.4f} (±{s['threshold_per_rotation_std']:.3f}, "
+            f"held-out FPIR {100 * s['fpir_heldout']:.2f}%)"
+            for s in each["steps"]
+        )
+        print(f"ladder, {each['enroll_count']} photo(s)/person, d² at FPIR {each['target_fpir']:g}: {steps}")
+    fixed = ladder["comparison"]["fixed_threshold"]
+    print(f"fixed d² {fixed:.4f} vs the ladders read at each size:")
+    for row in ladder["comparison"]["rows"]:
+        f, b = row["fixed"], row["by_size"]
+        print(
+            f"{row['gallery_size']:>6} × {row['enroll_count']}: fixed FPIR {100 * f['fpir_mean']:5.2f}% "
+            f"DIR {100 * f['dir_mean']:5.2f}% | ladder d² {b['threshold']:.4f} "
+            f"FPIR {100 * b['fpir_mean']:5.2f}% DIR {100 * b['dir_mean']:5.2f}%"
+        )
+    print(f"FPIR within ×2 of target at every size: {ladder['comparison']['fpir_within_factor_2']}")
     disjoint = ident["person_disjoint_check"]
     ratios = ", ".join(
         f"{d['fpir_measured']['mean']:.4f} (×{d['ratio_to_target']:.2f}, d² {d['threshold']:.4f})"
@@ -376,12 +621,28 @@ def update_card(path: Path, card: ModelCard, result: dict[str, Any]) -> None:
         "pipeline": result["pipeline"],
         "results": configs,
         "operating_points": result["operating_points"],
+        "size_ladder": result["size_ladder"],
         "command": result["command"],
         "date": result["date"],
     }
     metrics = dict(card.metrics)
     metrics["openset"] = openset
-    updated = card.model_copy(update={"identify_threshold": ident["value"], "metrics": metrics})
+    ladders = result["size_ladder"]["ladders"]
+    by_size = IdentifyThresholdBySize.model_validate(
+        {
+            "target_fpir": ident["target_fpir"],
+            "ladders": [{"enroll_count": each["enroll_count"], "steps": each["steps"]} for each in ladders],
+            "held_out": ladders[0]["held_out"],
+            "command": result["command"],
+        }
+    )
+    updated = card.model_copy(
+        update={
+            "identify_threshold": ident["value"],
+            "identify_threshold_by_size": by_size,
+            "metrics": metrics,
+        }
+    )
     updated.save(path)
 
 

@@ -12,7 +12,9 @@ The question a 1:N service must answer is not "are these two photos one person?"
 Protocol per (gallery size G, enrollment photos k) and seeded rotation r:
 
 - Known people: G people drawn (seeded) among those with at least k + 1 photos; k of their photos
-  (drawn) are enrolled, every other photo of theirs is a genuine probe.
+  (drawn) are enrolled, every other photo of theirs is a genuine probe. With ``probe_photos=0`` (the
+  size ladder) anyone with at least k photos may be drawn, as anyone may be enrolled in a service:
+  those with more photos give the genuine probes, and LFW then allows galleries of several thousand.
 - Unknown probes: every photo of every person not drawn into the gallery (person-disjoint from the
   gallery; which people are unknown changes with the rotation).
 - Scores: a probe's distance to a subject is the smallest d² to that subject's enrolled faces (as the
@@ -91,17 +93,17 @@ def dir_at_threshold(
     return float((genuine_correct & (genuine_best <= threshold)).mean())
 
 
-def eligible_people(labels: NDArray[np.int64], enroll_count: int) -> NDArray[np.int64]:
-    """People with at least ``enroll_count + 1`` photos (k to enroll, one or more to probe)."""
+def eligible_people(labels: NDArray[np.int64], enroll_count: int, probe_photos: int = 1) -> NDArray[np.int64]:
+    """People with at least ``enroll_count + probe_photos`` photos (k to enroll, the rest to probe)."""
     people, counts = np.unique(labels, return_counts=True)
-    return people[counts >= enroll_count + 1].astype(np.int64)
+    return people[counts >= enroll_count + probe_photos].astype(np.int64)
 
 
 def effective_gallery_size(
-    labels: NDArray[np.int64], gallery_size: int, enroll_count: int
+    labels: NDArray[np.int64], gallery_size: int, enroll_count: int, probe_photos: int = 1
 ) -> tuple[int, str | None]:
     """The gallery size the data allows, and why it was capped (None when it was not)."""
-    n_eligible = eligible_people(labels, enroll_count).size
+    n_eligible = eligible_people(labels, enroll_count, probe_photos).size
     n_people = np.unique(labels).size
     # At least one person must stay outside the gallery to provide unknown probes.
     limit = min(n_eligible, n_people - 1)
@@ -110,19 +112,24 @@ def effective_gallery_size(
     if gallery_size <= limit:
         return gallery_size, None
     if limit == n_eligible:
-        reason = f"only {n_eligible} people have >= {enroll_count + 1} photos"
+        reason = f"only {n_eligible} people have >= {enroll_count + probe_photos} photos"
     else:
         reason = f"only {n_people} people: one must stay unknown"
     return limit, reason
 
 
 def rotation_split(
-    labels: NDArray[np.int64], gallery_size: int, enroll_count: int, seed: int, rotation: int
+    labels: NDArray[np.int64],
+    gallery_size: int,
+    enroll_count: int,
+    seed: int,
+    rotation: int,
+    probe_photos: int = 1,
 ) -> OpenSetSplit:
     """The seeded split of one rotation (gallery size already capped by the caller)."""
     labels = np.asarray(labels, dtype=np.int64)
     rng = np.random.default_rng([seed, rotation, gallery_size, enroll_count])
-    eligible = eligible_people(labels, enroll_count)
+    eligible = eligible_people(labels, enroll_count, probe_photos)
     if gallery_size > eligible.size:
         raise ValueError(f"gallery of {gallery_size} but only {eligible.size} eligible people")
     gallery_people = np.sort(rng.choice(eligible, size=gallery_size, replace=False)).astype(np.int64)
@@ -202,6 +209,7 @@ def evaluate_openset(
     fpirs: tuple[float, ...] = (0.1, 0.01, 0.001),
     rotations: int = 5,
     seed: int = 0,
+    probe_photos: int = 1,
 ) -> dict[str, Any]:
     """Rank-1, DIR@FPIR and the threshold per FPIR, mean ± std over seeded rotations (JSON-able).
 
@@ -216,11 +224,13 @@ def evaluate_openset(
     results: list[dict[str, Any]] = []
     for gallery_requested in gallery_sizes:
         for enroll_count in enroll_counts:
-            gallery_size, reason = effective_gallery_size(labels, gallery_requested, enroll_count)
+            gallery_size, reason = effective_gallery_size(
+                labels, gallery_requested, enroll_count, probe_photos
+            )
             scores: list[ProbeScores] = []
             splits: list[OpenSetSplit] = []
             for rotation in range(rotations):
-                split = rotation_split(labels, gallery_size, enroll_count, seed, rotation)
+                split = rotation_split(labels, gallery_size, enroll_count, seed, rotation, probe_photos)
                 splits.append(split)
                 scores.append(score_split(embeddings, labels, split))
             results.append(
@@ -234,13 +244,14 @@ def evaluate_openset(
                     enroll_count=enroll_count,
                     fpirs=fpirs,
                     n_choose=n_choose,
+                    probe_photos=probe_photos,
                 )
             )
     return {
         "protocol": "open-set identification: gallery of G people (k enrolled photos each, drawn among "
-        "people with >= k+1 photos; their other photos are genuine probes), unknown probes = every "
-        "photo of every person outside the gallery; per-subject distance = min d² over its enrolled "
-        "faces; accept when d² <= threshold",
+        f"people with >= k+{probe_photos} photos; their other photos are genuine probes), unknown probes = "
+        "every photo of every person outside the gallery; per-subject distance = min d² over its "
+        "enrolled faces; accept when d² <= threshold",
         "n_images": int(labels.size),
         "n_people": int(np.unique(labels).size),
         "embedding_dim": int(embeddings.shape[1]),
@@ -262,6 +273,7 @@ def _config_result(
     enroll_count: int,
     fpirs: tuple[float, ...],
     n_choose: int,
+    probe_photos: int = 1,
 ) -> dict[str, Any]:
     rank1 = [dir_at_threshold(s.genuine_best, s.genuine_correct, 4.0) for s in scores]
     dirs: dict[str, dict[str, Any]] = {}
@@ -318,7 +330,7 @@ def _config_result(
         "capped": cap_reason is not None,
         "cap_reason": cap_reason,
         "enroll_count": enroll_count,
-        "eligible_people": int(eligible_people(labels, enroll_count).size),
+        "eligible_people": int(eligible_people(labels, enroll_count, probe_photos).size),
         "gallery_faces": gallery_size * enroll_count,
         "genuine_probes": _summary([float(c) for c in genuine_counts]),
         "unknown_probes": _summary([float(c) for c in unknown_counts]),

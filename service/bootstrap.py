@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from service.api.deps import Services
 from service.domain.calibration import CalibrationSlot
 from service.domain.faces import FaceEngine
 from service.domain.gallery import Gallery
 from service.domain.idempotency import IdempotencyKeys
+from service.domain.services import Services
 from service.domain.thresholds import ThresholdPolicy
 from service.index.base import VectorIndex
+from service.index.compressed_index import CompressedParams
 from service.index.faiss_index import IndexRegistry
 from service.observability import Metrics
 from service.runtime.analyzer import FaceAnalyzer
@@ -29,20 +30,21 @@ logger = logging.getLogger(__name__)
 
 def load_face_models(settings: Settings) -> tuple[OnnxEmbedder, ModelCard, FaceAnalyzer]:
     """The embedder, its card and the detect-align-grade front end, as configured."""
+    model = settings.model
     embedder, card = load_embedder(
-        settings.model_dir,
-        settings.embedder_card,
-        settings.execution_provider,
-        settings.intra_op_threads,
-        settings.cpu_graph_rewrites,
+        model.model_dir,
+        model.embedder_card,
+        model.execution_provider,
+        model.intra_op_threads,
+        model.cpu_graph_rewrites,
     )
     detector = load_detector(
-        settings.model_dir / settings.detector_model,
-        settings.execution_provider,
-        settings.intra_op_threads,
+        model.detector_path,
+        model.execution_provider,
+        model.intra_op_threads,
         settings.detector_score_threshold,
         settings.detection_max_side,
-        cpu_graph_rewrites=settings.cpu_graph_rewrites,
+        cpu_graph_rewrites=model.cpu_graph_rewrites,
     )
     analyzer = FaceAnalyzer(
         detector,
@@ -60,12 +62,12 @@ def load_face_models(settings: Settings) -> tuple[OnnxEmbedder, ModelCard, FaceA
 def large_image_spec(settings: Settings, analyzer: FaceAnalyzer) -> AnalyzerSpec:
     """The same front end as ``analyzer``, rebuilt in the large-image worker process."""
     return AnalyzerSpec(
-        detector_path=settings.model_dir / settings.detector_model,
+        detector_path=settings.model.detector_path,
         score_threshold=settings.detector_score_threshold,
         detection_side=settings.detection_max_side,
         alignments=analyzer.alignments,
         quality=analyzer.quality,
-        cpu_graph_rewrites=settings.cpu_graph_rewrites,
+        cpu_graph_rewrites=settings.model.cpu_graph_rewrites,
     )
 
 
@@ -73,32 +75,23 @@ def build_vector_index(settings: Settings, store: FaceStore, dim: int) -> Vector
     """The configured engine: embedded FAISS (default) or Milvus (``FACES_VECTOR_BACKEND=milvus``)."""
     if settings.vector_backend == "milvus":
         # Imported only when chosen: pymilvus is the optional ``[milvus]`` extra.
-        from service.index.milvus_index import AnnIndex, MilvusIndex
+        from service.index.milvus_index import MilvusIndex
 
-        return MilvusIndex(
-            store.faces,
-            dim,
-            uri=settings.milvus_uri,
-            collection=settings.milvus_collection,
-            token=settings.milvus_token,
-            db_name=settings.milvus_db,
-            search_consistency=settings.milvus_search_consistency,
-            ann=AnnIndex(
-                kind=settings.milvus_index,
-                hnsw_m=settings.milvus_hnsw_m,
-                hnsw_ef_construction=settings.milvus_hnsw_ef_construction,
-                hnsw_ef=settings.milvus_hnsw_ef,
-                ivf_nlist=settings.milvus_ivf_nlist,
-                ivf_nprobe=settings.milvus_ivf_nprobe,
-            ),
-            timeout_s=settings.milvus_timeout_s,
-        )
+        return MilvusIndex.from_settings(store.faces, dim, settings.milvus)
     return IndexRegistry(
         store.faces,
         dim,
         settings.index_dir,
         use_gpu=settings.use_gpu_index,
         search_threads=settings.search_threads,
+        min_block=settings.search_min_block,
+        compressed_min_faces=settings.compressed_index_min_faces,
+        compressed=CompressedParams(
+            codec=settings.compressed_index_codec,
+            nlist=settings.compressed_index_nlist,
+            nprobe=settings.compressed_index_nprobe,
+            rerank=settings.compressed_index_rerank,
+        ),
     )
 
 
@@ -121,7 +114,6 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     engine = FaceEngine(
         analyzer,
         batcher,
-        default_threshold=thresholds.verify_default.value,
         max_image_pixels=settings.max_image_pixels,
         max_request_pixels=settings.max_request_pixels,
         lanes=ImageLanes(
@@ -139,11 +131,10 @@ def build_services(settings: Settings, metrics: Metrics) -> Services:
     gallery = Gallery(store, indexes)
     metrics.watch_index(gallery.index_sizes_by_name)
     logger.info(
-        "default thresholds (squared L2): verify %.4f (%s), identify %.4f (%s); store %s",
+        "default thresholds (squared L2): verify %.4f (%s), identify %s; store %s",
         thresholds.verify_default.value,
         thresholds.verify_default.source,
-        thresholds.identify_default.value,
-        thresholds.identify_default.source,
+        thresholds.describe_identify_default(),
         store.dialect,
     )
     return Services(

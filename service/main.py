@@ -112,8 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await services.engine.stop()
-            await asyncio.to_thread(services.gallery.indexes.close)
-            services.gallery.store.close()
+            await asyncio.to_thread(services.gallery.close)
             logger.info("stopped cleanly; index closed (FAISS snapshots saved)")
 
     app = FastAPI(

@@ -1,16 +1,60 @@
-"""Service configuration: read once at start-up from FACES_* environment variables (or .env)."""
+"""Service configuration: read once at start-up from FACES_* environment variables (or .env).
+
+The variables are flat (``FACES_MILVUS_URI``, ``FACES_MODEL_DIR``, ...); the groups that travel
+together are handed out as frozen views built once with the settings: ``settings.milvus`` (the
+Milvus connection and vector index) and ``settings.model`` (the model files and how they run).
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_DIR = REPO_ROOT / "models" / "artifacts"
+
+ExecutionProvider = Literal["auto", "cpu", "cuda"]
+MilvusConsistency = Literal["Customized", "Strong", "Bounded", "Session", "Eventually"]
+MilvusIndexKind = Literal["FLAT", "HNSW", "IVF_FLAT"]
+
+
+@dataclass(frozen=True, slots=True)
+class MilvusSettings:
+    """The ``FACES_MILVUS_*`` group. Its defaults are the only place the Milvus defaults are written:
+    ``Settings`` and the Milvus index (``service.index.milvus_*``) take theirs from here."""
+
+    uri: str = "http://127.0.0.1:19530"
+    token: str = ""
+    db_name: str = ""
+    collection: str = "faces"
+    search_consistency: MilvusConsistency = "Customized"
+    timeout_s: float = 10.0
+    index: MilvusIndexKind = "FLAT"
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 200
+    hnsw_ef: int = 128
+    ivf_nlist: int = 1024
+    ivf_nprobe: int = 64
+
+
+MILVUS_DEFAULTS = MilvusSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSettings:
+    """The model group: where the card and ONNX files are, and how their sessions run."""
+
+    model_dir: Path
+    embedder_card: str
+    detector_path: Path
+    execution_provider: ExecutionProvider
+    intra_op_threads: int
+    cpu_graph_rewrites: bool
 
 
 class Settings(BaseSettings):
@@ -26,32 +70,48 @@ class Settings(BaseSettings):
     # OpenMP threads per FAISS search. One query scans memory-bound: a second thread mostly adds
     # barrier waits while the model uses the cores (bench/results/README_performance.md).
     search_threads: int = Field(default=1, ge=1, le=256)
+    # Identify calls on one collection that arrive while a scan runs are answered together by one
+    # pass (a matrix product) once this many query rows wait; fewer keep FAISS's per-query scan.
+    search_min_block: int = Field(default=3, ge=2, le=4096)
+    # A collection with at least this many faces is served by the compressed index (IVF over 8-bit
+    # codes, candidates re-ranked with the exact vectors; its answers differ from the exact scan's on
+    # some probes: README "Big collections"); 0 = always exact.
+    compressed_index_min_faces: int = Field(default=4_000_000, ge=0)
+    compressed_index_codec: Literal["SQ8", "fp16"] = "SQ8"
+    compressed_index_nlist: int = Field(default=0, ge=0, le=65_536)  # 0: from the size at training
+    compressed_index_nprobe: int = Field(default=128, ge=1, le=65_536)  # cells scanned per query
+    compressed_index_rerank: int = Field(default=256, ge=1, le=100_000)  # candidates re-ranked exactly
 
     # Vector engine: "faiss" (embedded, one index per process, the default) or "milvus" (shared by
     # every API replica; pip install -e ".[milvus]"). The store stays the source of truth for both.
     vector_backend: Literal["faiss", "milvus"] = "faiss"
     # A Milvus server ("http://host:19530"), or a local file path for the in-process milvus-lite.
-    milvus_uri: str = "http://127.0.0.1:19530"
-    milvus_token: str = ""
-    milvus_db: str = ""  # empty: the server's "default" database
-    milvus_collection: str = Field(default="faces", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+    milvus_uri: str = MILVUS_DEFAULTS.uri
+    milvus_token: str = MILVUS_DEFAULTS.token
+    milvus_db: str = MILVUS_DEFAULTS.db_name  # empty: the server's "default" database
+    milvus_collection: str = Field(
+        default=MILVUS_DEFAULTS.collection, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"
+    )
     # Identify's read consistency. Customized = as of the last insert any replica acknowledged (its
     # Milvus timestamp is kept in the store): read-your-writes across replicas, waiting only right
     # after a write. Strong = the same guarantee, but every search waits for the next time tick
     # (~proxy.timeTickInterval); Bounded/Eventually may miss faces enrolled a moment ago.
-    milvus_search_consistency: Literal["Customized", "Strong", "Bounded", "Session", "Eventually"] = (
-        "Customized"
-    )
-    milvus_timeout_s: float = Field(default=10.0, gt=0.0)
+    milvus_search_consistency: MilvusConsistency = MILVUS_DEFAULTS.search_consistency
+    milvus_timeout_s: float = Field(default=MILVUS_DEFAULTS.timeout_s, gt=0.0)
     # Milvus vector index, built when the Milvus collection is created: FLAT = exact (like FAISS);
     # HNSW / IVF_FLAT = approximate, faster on large galleries, may miss a neighbour (recall on real
     # faces: README "Milvus"). An existing collection keeps its index (a warning names the difference).
-    milvus_index: Literal["FLAT", "HNSW", "IVF_FLAT"] = "FLAT"
-    milvus_hnsw_m: int = Field(default=16, ge=2, le=2048)  # graph links per vector (build)
-    milvus_hnsw_ef_construction: int = Field(default=200, ge=1, le=32_768)  # build candidates
-    milvus_hnsw_ef: int = Field(default=128, ge=1, le=32_768)  # search candidates (raised to k if below)
-    milvus_ivf_nlist: int = Field(default=1024, ge=1, le=65_536)  # k-means cells per segment (build)
-    milvus_ivf_nprobe: int = Field(default=64, ge=1, le=65_536)  # cells scanned per search (<= nlist)
+    milvus_index: MilvusIndexKind = MILVUS_DEFAULTS.index
+    # graph links per vector (build)
+    milvus_hnsw_m: int = Field(default=MILVUS_DEFAULTS.hnsw_m, ge=2, le=2048)
+    # build candidates
+    milvus_hnsw_ef_construction: int = Field(default=MILVUS_DEFAULTS.hnsw_ef_construction, ge=1, le=32_768)
+    # search candidates (raised to k if below)
+    milvus_hnsw_ef: int = Field(default=MILVUS_DEFAULTS.hnsw_ef, ge=1, le=32_768)
+    # k-means cells per segment (build)
+    milvus_ivf_nlist: int = Field(default=MILVUS_DEFAULTS.ivf_nlist, ge=1, le=65_536)
+    # cells scanned per search (<= nlist)
+    milvus_ivf_nprobe: int = Field(default=MILVUS_DEFAULTS.ivf_nprobe, ge=1, le=65_536)
     # How often every replica compares the store with the vector engine and repairs differences.
     index_reconcile_interval_s: float = Field(default=60.0, ge=0.0)  # 0 = only at start-up
     # Writes stored while the vector engine was down (acknowledged with searchable=false) are pushed
@@ -69,7 +129,7 @@ class Settings(BaseSettings):
     embedder_card: str = "embedder.json"
     detector_model: str = "yunet_2023mar_fp32.onnx"
     # "auto": CUDA when onnxruntime exposes it, else CPU; "cpu" forces the CPU.
-    execution_provider: Literal["auto", "cpu", "cuda"] = "auto"
+    execution_provider: ExecutionProvider = "auto"
     intra_op_threads: int = Field(default=0, ge=0)
     # Exact PRelu rewrite before CPU sessions (~1.7x faster SFace); false runs the ONNX files as is.
     cpu_graph_rewrites: bool = True
@@ -81,7 +141,8 @@ class Settings(BaseSettings):
 
     # Matching thresholds (squared L2 distance, [0, 4]); None means the model card's calibrated one.
     # default_threshold: 1:1 verification (card ``threshold``). default_identify_threshold: 1:N
-    # identification when the collection has none of its own (card ``identify_threshold``).
+    # identification when the collection has none of its own, one value for every size (card:
+    # ``identify_threshold_by_size`` read at the collection's size, else ``identify_threshold``).
     default_threshold: float | None = Field(default=None, ge=0.0, le=4.0)
     default_identify_threshold: float | None = Field(default=None, ge=0.0, le=4.0)
     default_top_k: int = Field(default=5, ge=1, le=100)
@@ -127,6 +188,45 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "INFO"
+
+    _milvus: MilvusSettings = PrivateAttr()
+    _model: ModelSettings = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Group the Milvus and model variables once, when the settings are read."""
+        self._milvus = MilvusSettings(
+            uri=self.milvus_uri,
+            token=self.milvus_token,
+            db_name=self.milvus_db,
+            collection=self.milvus_collection,
+            search_consistency=self.milvus_search_consistency,
+            timeout_s=self.milvus_timeout_s,
+            index=self.milvus_index,
+            hnsw_m=self.milvus_hnsw_m,
+            hnsw_ef_construction=self.milvus_hnsw_ef_construction,
+            hnsw_ef=self.milvus_hnsw_ef,
+            ivf_nlist=self.milvus_ivf_nlist,
+            ivf_nprobe=self.milvus_ivf_nprobe,
+        )
+        self._model = ModelSettings(
+            model_dir=self.model_dir,
+            embedder_card=self.embedder_card,
+            detector_path=self.model_dir / self.detector_model,
+            execution_provider=self.execution_provider,
+            intra_op_threads=self.intra_op_threads,
+            cpu_graph_rewrites=self.cpu_graph_rewrites,
+        )
+
+    @property
+    def milvus(self) -> MilvusSettings:
+        """The FACES_MILVUS_* group, built once with the settings."""
+        return self._milvus
+
+    @property
+    def model(self) -> ModelSettings:
+        """FACES_MODEL_DIR, FACES_EMBEDDER_CARD, FACES_DETECTOR_MODEL, FACES_EXECUTION_PROVIDER,
+        FACES_INTRA_OP_THREADS and FACES_CPU_GRAPH_REWRITES, built once with the settings."""
+        return self._model
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -15,7 +15,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.main import create_app
-from service.settings import Settings
+from service.runtime.model_card import ModelCard
+from service.settings import DEFAULT_MODEL_DIR, Settings
 from tests.helpers import group_photo, jpeg_bytes, no_face_photo, png_bytes
 from tests.milvus_server import require_pymilvus
 from tests.postgres import store_url
@@ -524,3 +525,46 @@ def test_restart_keeps_everything(tmp_path: Path, lfw_image: LfwImage, backend: 
         )
         assert match.json()["faces"][0]["match"]["subject_id"] == "Colin_Powell"
         assert second.get("/readyz").json()["checks"]["index"] == "in_sync"
+
+
+def test_default_identify_threshold_follows_the_collection_size(
+    client: TestClient, lfw_image: LfwImage
+) -> None:
+    """The card's ladders read at the store's subject and face counters, kept by every write (on
+    each store and vector engine); identify uses the value the collection shows."""
+    ladders = ModelCard.load(DEFAULT_MODEL_DIR / "embedder.json").identify_threshold_by_size
+    assert ladders is not None
+
+    def shown() -> dict[str, Any]:
+        body = client.get("/v1/collections/sized").json()
+        threshold: dict[str, Any] = body["identify_threshold"]
+        assert threshold["source"] == "model_card_by_size"
+        assert (threshold["read_at_subjects"], threshold["read_at_faces"]) == (
+            body["subject_count"],
+            body["face_count"],
+        )
+        assert threshold["value"] == round(ladders.at(body["subject_count"], body["face_count"]), 6)
+        return threshold
+
+    assert client.post("/v1/collections", json={"name": "sized"}).status_code == 201
+    assert (shown()["read_at_subjects"], shown()["read_at_faces"]) == (0, 0)
+    assert enroll(client, "sized", "powell", files_of(lfw_image, "Colin_Powell", [1, 2])).status_code == 201
+    assert enroll(client, "sized", "serena", files_of(lfw_image, "Serena_Williams", [1])).status_code == 201
+    assert client.post("/v1/collections/sized/subjects", json={"subject_id": "nobody"}).status_code == 201
+    three = shown()
+    assert (three["read_at_subjects"], three["read_at_faces"]) == (3, 3)
+    answer = client.post(
+        "/v1/collections/sized/identify", files={"image": lfw_image("Colin_Powell", 3).read_bytes()}
+    )
+    assert (answer.json()["threshold"], answer.json()["threshold_source"]) == (
+        three["value"],
+        "model_card_by_size",
+    )
+    assert answer.json()["faces"][0]["match"]["subject_id"] == "powell"
+    face_id = client.get("/v1/collections/sized/subjects/powell/faces").json()["faces"][0]["face_id"]
+    assert client.delete(f"/v1/collections/sized/faces/{face_id}").status_code == 204
+    assert (shown()["read_at_subjects"], shown()["read_at_faces"]) == (3, 2)
+    assert client.delete("/v1/collections/sized/subjects/powell").status_code == 204
+    assert client.delete("/v1/collections/sized/subjects/nobody").status_code == 204
+    assert (shown()["read_at_subjects"], shown()["read_at_faces"]) == (1, 1)
+    assert client.delete("/v1/collections/sized").status_code == 204

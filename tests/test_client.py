@@ -240,6 +240,8 @@ def test_the_whole_api_on_lfw_photos(faces: FacesClient, lfw_image: LfwImage) ->
     assert patched.description == "front desk"  # PATCH leaves what is not given
     reset = faces.update_collection("office", reset_identify_threshold=True)
     assert reset.identify_threshold.source != "collection"
+    assert reset.identify_threshold.source == "model_card_by_size"  # the card's ladder, read at 0 people
+    assert (reset.identify_threshold.read_at_subjects, reset.identify_threshold.read_at_faces) == (0, 0)
 
     people = {"Colin_Powell": (1, 2), "Serena_Williams": (1, 2), "George_W_Bush": (1, 2)}
     face_ids: dict[str, list[str]] = {}

@@ -236,6 +236,8 @@ def test_console_full_flow(browser: Any, server: Server, lfw_image: LfwImage, tm
     expected_threshold = listed.get("identify_threshold", {}).get("value")
     if expected_threshold is not None:  # the threshold in force is shown (issue 10's contract)
         assert f"{expected_threshold:.3f}" in cells[3]
+    if listed.get("identify_threshold", {}).get("source") == "model_card_by_size":  # and why, in words
+        assert "model card default for 0 subjects" in cells[3]
 
     # A second collection, deleted through the typed confirmation (Escape first: nothing happens).
     css(driver, "#new-collection-name").send_keys("scratch", Keys.ENTER)

@@ -133,7 +133,6 @@ def test_a_photo_never_queues_behind_giant_images(
     engine = FaceEngine(
         analyzer,
         EmbeddingBatcher(embedder, enabled=False),
-        default_threshold=1.4,
         max_image_pixels=MAX_PIXELS,
         lanes=ImageLanes(
             analyzer,
@@ -188,7 +187,6 @@ def test_large_image_worker_stops_when_idle_and_restarts(
     engine = FaceEngine(
         analyzer,
         EmbeddingBatcher(embedder, enabled=False),
-        default_threshold=1.4,
         max_image_pixels=MAX_PIXELS,
         lanes=lanes,
     )

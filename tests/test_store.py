@@ -39,6 +39,7 @@ from service.storage.schema import (
     subjects_table,
 )
 from service.storage.store import FaceStore
+from service.testing.synthetic import bulk_insert_synthetic
 
 _names = itertools.count()
 
@@ -186,20 +187,22 @@ def test_old_database_gains_the_threshold_columns(empty_database: str) -> None:
     try:
         store.faces.add_faces("legacy", "alice", [face(1)], create_subject=True)
         record = store.collections.get_collection("legacy")
-        assert (record.description, record.face_count, record.identify_threshold) == ("x", 1, None)
-        assert record.identify_threshold_source is None
+        assert (record.description, record.face_count, record.own_threshold) == ("x", 1, None)
         updated = store.collections.update_collection(
             "legacy", {"identify_threshold": 0.9}, threshold_source="calibration"
         )
-        assert (updated.identify_threshold, updated.identify_threshold_source) == (0.9, "calibration")
-        assert updated.identify_threshold_set_at is not None
-        assert store.collections.collection_lookup("legacy").identify_threshold == 0.9
+        assert updated.own_threshold is not None
+        assert (updated.own_threshold.value, updated.own_threshold.source) == (0.9, "calibration")
+        assert updated.own_threshold.set_at is not None
+        assert store.collections.collection_lookup("legacy").own_threshold == updated.own_threshold
     finally:
         store.close()
     again = FaceStore.from_url(empty_database)  # idempotent: nothing left to add, data intact
     try:
         assert migrate_additive(make_engine(empty_database)) == []
-        assert again.collections.get_collection("legacy").identify_threshold == 0.9
+        kept = again.collections.get_collection("legacy").own_threshold
+        assert kept is not None
+        assert kept.value == 0.9
     finally:
         again.close()
 
@@ -236,7 +239,10 @@ def test_migrations_run_in_order_after_the_missing_tables_and_log_only_changes(
     steps = (*MIGRATIONS, MigrationStep("quiet", quiet), MigrationStep("loud", loud))
     with caplog.at_level(logging.INFO, logger="service.storage.schema"):
         changes = migrate(engine, steps)
-    added = ", ".join(f"collections.identify_threshold{end}" for end in ("", "_source", "_set_at"))
+    added = ", ".join(
+        [f"collections.identify_threshold{end}" for end in ("", "_source", "_set_at")]
+        + ["collections.subject_count", "collections.face_count"]
+    )
     assert changes == [("additive-columns", f"added columns {added}"), ("loud", "did something")]
     assert ran == [("quiet", True), ("loud", True)]  # in order, after the tables and the columns
     assert "store schema upgraded (loud): did something" in caplog.text
@@ -248,12 +254,95 @@ def test_migrations_run_in_order_after_the_missing_tables_and_log_only_changes(
 def test_collection_threshold_roundtrip(store: FaceStore) -> None:
     name = f"c{next(_names)}"
     created = store.collections.create_collection(name, "", identify_threshold=1.05)
-    assert (created.identify_threshold, created.identify_threshold_source) == (1.05, "collection")
-    assert created.identify_threshold_set_at is not None
+    assert created.own_threshold is not None
+    assert (created.own_threshold.value, created.own_threshold.source) == (1.05, "collection")
+    assert created.own_threshold.set_at is not None
     kept = store.collections.update_collection(name, {"description": "new"})
-    assert (kept.description, kept.identify_threshold) == ("new", 1.05)
+    assert (kept.description, kept.own_threshold) == ("new", created.own_threshold)
     cleared = store.collections.update_collection(name, {"identify_threshold": None})
-    assert (cleared.identify_threshold, cleared.identify_threshold_source) == (None, None)
-    assert cleared.identify_threshold_set_at is None
+    assert cleared.own_threshold is None  # value, source and date all cleared
     with pytest.raises(CollectionNotFound):
         store.collections.update_collection("missing-one", {"identify_threshold": 1.0})
+
+
+def _counted(store: FaceStore, name: str) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """(subjects, faces) as identify's lookup, the collection record and a COUNT over the tables see them."""
+    lookup = store.collections.collection_lookup(name)
+    record = store.collections.get_collection(name)
+    with store.engine.connect() as conn:
+
+        def count(table: str) -> int:
+            query = text(f"SELECT count(*) FROM {table} WHERE collection_pk = :pk")
+            return int(conn.execute(query, {"pk": lookup.pk}).scalar_one())
+
+        counted = (count("subjects"), count("faces"))
+    return (lookup.subject_count, lookup.face_count), (record.subject_count, record.face_count), counted
+
+
+def test_counters_follow_every_subject_and_face_write(store: FaceStore) -> None:
+    name, other = f"c{next(_names)}", f"c{next(_names)}"
+    store.collections.create_collection(name)
+    store.collections.create_collection(other)
+    assert _counted(store, name) == ((0, 0),) * 3
+    for i in range(3):
+        store.subjects.create_subject(name, f"s{i}", None, {})
+    assert _counted(store, name) == ((3, 0),) * 3
+    store.faces.add_faces(name, "new", [face(1)], create_subject=True)  # enrolment creates one
+    store.faces.add_faces(name, "s0", [face(2), face(3)], create_subject=False)  # faces, no subject
+    assert _counted(store, name) == ((4, 3),) * 3
+    with pytest.raises(SubjectExists):
+        store.subjects.create_subject(name, "s1", None, {})
+    with pytest.raises(SubjectNotFound):
+        store.faces.add_faces(name, "ghost", [face(4)], create_subject=False)
+    with pytest.raises(SubjectNotFound):
+        store.subjects.delete_subject(name, "ghost")
+    assert _counted(store, name) == ((4, 3),) * 3  # refused writes leave them alone
+    new_face = store.faces.list_faces(name, "new")[0]
+    store.faces.delete_face(name, new_face.face_id)
+    assert _counted(store, name) == ((4, 2),) * 3
+    store.subjects.delete_subject(name, "s0")  # with its two faces
+    store.subjects.delete_subject(name, "s2")  # without any
+    assert _counted(store, name) == ((2, 0),) * 3
+    vectors = np.stack([face(10 + i).embedding for i in range(6)])
+    bulk_insert_synthetic(store, name, "bulk-", vectors, faces_per_subject=2)
+    assert _counted(store, name) == ((5, 6),) * 3
+    assert _counted(store, other) == ((0, 0),) * 3  # another collection's counters are its own
+
+
+def test_subject_counts_are_filled_in_and_repaired_at_start_up(empty_database: str) -> None:
+    engine = make_engine(empty_database)
+    old_schema().create_all(engine)
+    with engine.begin() as conn:  # a collection with two subjects, written by a release before the counter
+        conn.execute(
+            text(
+                "INSERT INTO collections (name, description, revision, created_at) VALUES ('old', '', 0, :t)"
+            ),
+            {"t": datetime.now(UTC)},
+        )
+        for subject in ("a", "b"):
+            conn.execute(
+                text(
+                    "INSERT INTO subjects (collection_pk, subject_id, meta, created_at) "
+                    "VALUES ((SELECT pk FROM collections WHERE name = 'old'), :s, '{}', :t)"
+                ),
+                {"s": subject, "t": datetime.now(UTC)},
+            )
+    engine.dispose()
+    store = FaceStore.from_url(empty_database)  # adds the columns and counts
+    try:
+        assert _counted(store, "old") == ((2, 0),) * 3
+        store.faces.add_faces("old", "c", [face(1)], create_subject=True)
+        assert _counted(store, "old") == ((3, 1),) * 3
+        with store.engine.begin() as conn:  # a row left uncounted (NULL): readers count instead
+            conn.execute(text("UPDATE collections SET subject_count = NULL, face_count = NULL"))
+        assert _counted(store, "old") == ((3, 1),) * 3
+        with store.engine.begin() as conn:  # and counters gone wrong
+            conn.execute(text("UPDATE collections SET subject_count = 7, face_count = 9"))
+    finally:
+        store.close()
+    again = FaceStore.from_url(empty_database)  # the start-up step repairs them
+    try:
+        assert _counted(again, "old") == ((3, 1),) * 3
+        assert migrate(again.engine) == []  # nothing left to repair
+    finally:
+        again.close()

@@ -29,17 +29,30 @@ def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Threshold:
-    """A threshold in force and where it comes from (``source``: model_card, settings, collection...)."""
+    """A threshold in force and where it comes from (``source``: model_card_by_size, settings,
+    collection...); for model_card_by_size, the subject and face counts it was read at."""
 
     value: float
     source: str
     set_at: datetime | None
+    read_at_subjects: int | None = None
+    read_at_faces: int | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Threshold:
-        return cls(float(data["value"]), str(data["source"]), _time(data.get("set_at")))
+        return cls(
+            float(data["value"]),
+            str(data["source"]),
+            _time(data.get("set_at")),
+            _int_or_none(data.get("read_at_subjects")),
+            _int_or_none(data.get("read_at_faces")),
+        )
 
 
 @dataclass(frozen=True, slots=True)

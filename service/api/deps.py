@@ -1,8 +1,7 @@
-"""Dependencies: the long-lived objects built in the lifespan, and API-key checks."""
+"""Dependencies: the long-lived objects built in the lifespan (``Services``), and API-key checks."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -10,28 +9,19 @@ from fastapi.security import APIKeyHeader
 
 from service.api.auth import API_KEY_HEADER, CALLER_SCOPE_KEY, Caller
 from service.api.schemas import CollectionName
-from service.domain.calibration import CalibrationSlot
-from service.domain.faces import FaceEngine
-from service.domain.gallery import Gallery
-from service.domain.idempotency import IdempotencyKeys
-from service.domain.thresholds import ThresholdPolicy
+from service.domain.services import Services
 from service.errors import NotReady, Unauthorized
-from service.observability import Metrics
-from service.runtime.model_card import ModelCard
-from service.settings import Settings
 
-
-@dataclass(slots=True)
-class Services:
-    settings: Settings
-    gallery: Gallery
-    engine: FaceEngine
-    card: ModelCard
-    metrics: Metrics
-    provider: str
-    thresholds: ThresholdPolicy
-    calibration: CalibrationSlot
-    idempotency: IdempotencyKeys
+# ``Services`` is named here too: routes take it from their dependencies module.
+__all__ = [
+    "CallerDep",
+    "CollectionDep",
+    "Services",
+    "ServicesDep",
+    "collection_access",
+    "get_caller",
+    "get_services",
+]
 
 
 def get_services(request: Request) -> Services:

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from service.api.validation import clean_text
 from service.domain.calibration import WithheldReason
+from service.domain.thresholds import DefaultSource, InForceSource, ThresholdSource
 
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 SubjectId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,127}$")]
@@ -72,14 +73,36 @@ class CollectionPatch(BaseModel):
 
 class IdentifyThresholdOut(BaseModel):
     value: Distance
-    source: Literal["model_card", "settings", "collection", "calibration"]
+    source: InForceSource = Field(
+        description="collection / calibration: the collection's own; settings: "
+        "FACES_DEFAULT_IDENTIFY_THRESHOLD; model_card_by_size: the model card's ladder read at the "
+        "collection's numbers of subjects and faces (the threshold tightens as a collection grows, "
+        "keeping the share of strangers given a name steady); model_card: the card's single value"
+    )
     set_at: datetime | None = Field(description="When the collection's own threshold was set")
+    read_at_subjects: int | None = Field(
+        description="model_card_by_size: the number of subjects the ladder was read at (null otherwise)"
+    )
+    read_at_faces: int | None = Field(
+        description="model_card_by_size: the number of enrolled faces it was read at (null otherwise)"
+    )
 
 
 class VerifyThresholdOut(BaseModel):
     value: Distance
-    source: Literal["model_card", "settings"]
+    source: DefaultSource
     set_at: None = None
+
+
+class IndexOut(BaseModel):
+    """Which vector index serves the collection's searches (distances are exact either way)."""
+
+    kind: str = Field(description="exact (flat scan), compressed (IVF codes re-ranked exactly), or Milvus's")
+    state: Literal["ready", "building"] = Field(
+        description="building: a compressed index trains in the background; the current one serves"
+    )
+    faces: int
+    params: dict[str, int | str]
 
 
 class CollectionOut(BaseModel):
@@ -92,6 +115,7 @@ class CollectionOut(BaseModel):
         description="The threshold identify uses when a request gives none, and where it comes from"
     )
     verify_threshold: VerifyThresholdOut = Field(description="The threshold verify uses by default")
+    index: IndexOut | None = Field(default=None, description="The vector index serving this collection")
 
 
 class CollectionList(BaseModel):
@@ -208,7 +232,7 @@ class IdentifiedFace(BaseModel):
 class IdentifyResponse(BaseModel):
     collection: str
     threshold: Distance
-    threshold_source: Literal["request", "model_card", "settings", "collection", "calibration"]
+    threshold_source: ThresholdSource
     faces: list[IdentifiedFace]
 
 

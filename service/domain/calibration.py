@@ -25,10 +25,11 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from service.domain.faces import squared_distance, squared_distances
 from service.domain.fpir import threshold_at_fpir
+from service.domain.gallery import Gallery
 from service.domain.thresholds import ThresholdInForce, ThresholdPolicy
 from service.errors import CalibrationBusy, CalibrationNotPossible
-from service.storage.store import FaceStore
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +108,9 @@ def probe_distances(
             others_of_own = own[own != probe]
             if others_of_own.size:
                 best_own = float(sims[row, others_of_own].max())
-                genuine[start + row] = min(max(2.0 - 2.0 * best_own, 0.0), 4.0)
+                genuine[start + row] = squared_distance(best_own)
             sims[row, own] = -2.0  # the probe's own subject is not in the stranger's gallery
-        other = sims.max(axis=1).astype(np.float64)
-        impostor[start : start + chunk.size] = np.clip(2.0 - 2.0 * other, 0.0, 4.0)
+        impostor[start : start + chunk.size] = squared_distances(sims.max(axis=1))
     return ProbeDistances(impostor, genuine)
 
 
@@ -247,11 +247,11 @@ class CollectionCalibration:
     applied: bool
 
 
-def load_embeddings(store: FaceStore, collection_pk: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+def load_embeddings(gallery: Gallery, collection_pk: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     """Every embedding of a collection with its owning subject, straight from the store."""
     subject_parts: list[NDArray[np.int64]] = []
     vector_parts: list[NDArray[np.float32]] = []
-    for subjects, vectors in store.faces.iter_subject_embeddings(collection_pk):
+    for subjects, vectors in gallery.iter_subject_embeddings(collection_pk):
         subject_parts.append(subjects)
         vector_parts.append(vectors)
     if not vector_parts:
@@ -260,7 +260,7 @@ def load_embeddings(store: FaceStore, collection_pk: int) -> tuple[NDArray[np.fl
 
 
 def calibrate_collection(
-    store: FaceStore,
+    gallery: Gallery,
     thresholds: ThresholdPolicy,
     slot: CalibrationSlot,
     collection: str,
@@ -270,11 +270,9 @@ def calibrate_collection(
 ) -> CollectionCalibration:
     """Calibrate ``collection`` from its own faces; with ``apply`` store the result as its threshold."""
     with slot.hold():
-        record = store.collections.get_collection(collection)
-        before = thresholds.identify_for(
-            record.identify_threshold, record.identify_threshold_source, record.identify_threshold_set_at
-        )
-        vectors, subjects = load_embeddings(store, record.pk)
+        record = gallery.get_collection(collection)
+        before = thresholds.for_collection(record.own_threshold, record.subject_count, record.face_count)
+        vectors, subjects = load_embeddings(gallery, record.pk)
         result = calibrate(
             vectors,
             subjects,
@@ -292,15 +290,13 @@ def calibrate_collection(
                 withheld=result.withheld,
             )
         if apply and result.recommendation is not None:
-            updated = store.collections.update_collection(
+            updated = gallery.update_collection(
                 collection,
                 {"identify_threshold": round(result.recommendation.threshold, 6)},
                 threshold_source="calibration",
             )
-            after = thresholds.identify_for(
-                updated.identify_threshold,
-                updated.identify_threshold_source,
-                updated.identify_threshold_set_at,
+            after = thresholds.for_collection(
+                updated.own_threshold, updated.subject_count, updated.face_count
             )
             logger.info(
                 "collection %s: identify threshold %.4f applied by calibration (target FPIR %g, %d faces)",

@@ -125,9 +125,9 @@ async def enroll_images(
     own transaction (and corrected when the vector engine does not take them).
     """
     # Fail fast on a missing collection/subject before spending time on the model.
-    await asyncio.to_thread(gallery.store.collections.collection_pk, collection)
+    await asyncio.to_thread(gallery.collection_pk, collection)
     if not create_subject:
-        await asyncio.to_thread(gallery.store.subjects.get_subject, collection, subject_id)
+        await asyncio.to_thread(gallery.get_subject, collection, subject_id)
     within = [img for img in images if len(img.data) <= max_upload_bytes]
     async with engine.admit([img.data for img in within]) as admitted:
         probes = dict(zip((id(img) for img in within), admitted, strict=True))

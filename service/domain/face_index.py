@@ -187,7 +187,7 @@ def identify_threshold_of(
     """The collection's key and the identify threshold in force (its own or the service default):
     what /v1 identify decides with."""
     lookup = gallery.store.collections.collection_lookup(collection)
-    threshold = thresholds.identify(None, lookup.identify_threshold, lookup.identify_threshold_source)
+    threshold = thresholds.identify(None, lookup.own_threshold, lookup.subject_count, lookup.face_count)
     return lookup.pk, threshold.value
 
 

@@ -6,11 +6,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.errors import InvalidRequest, NoFaceFound, RequestTooManyPixels, ServiceError
+from service.errors import NoFaceFound, RequestTooManyPixels, ServiceError
 from service.runtime.analyzer import AnalyzedFace, FaceAnalyzer
 from service.runtime.batcher import EmbeddingBatcher
 from service.runtime.imaging import ImageInfo, probe_image
@@ -32,9 +33,14 @@ class EmbeddedFace:
         return self.analyzed.face.box
 
 
+def squared_distances(similarities: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
+    """d² = 2 − 2·cos for unit vectors, clipped to its exact range [0, 4]: the one place it is written."""
+    return np.clip(2.0 - 2.0 * np.asarray(similarities, dtype=np.float64), 0.0, 4.0)
+
+
 def squared_distance(similarity: float) -> float:
-    """d² = 2 − 2·cos for unit vectors, clipped to its exact range [0, 4]."""
-    return float(np.clip(2.0 - 2.0 * similarity, 0.0, 4.0))
+    """``squared_distances`` of one cosine."""
+    return float(squared_distances(np.asarray(similarity)))
 
 
 class FaceEngine:
@@ -49,14 +55,12 @@ class FaceEngine:
         analyzer: FaceAnalyzer,
         batcher: EmbeddingBatcher,
         *,
-        default_threshold: float,
         max_image_pixels: int,
         max_request_pixels: int | None = None,
         lanes: ImageLanes | None = None,
         on_faces: Callable[[int], None] | None = None,
     ) -> None:
         self._batcher = batcher
-        self.default_threshold = default_threshold
         self._max_pixels = max_image_pixels
         self._max_request_pixels = max_request_pixels
         self._lanes = lanes if lanes is not None else ImageLanes(analyzer)
@@ -76,13 +80,6 @@ class FaceEngine:
     async def stop(self) -> None:
         await self._batcher.stop()
         self._lanes.shutdown()
-
-    def threshold(self, requested: float | None) -> float:
-        if requested is None:
-            return self.default_threshold
-        if not 0.0 <= requested <= 4.0:
-            raise InvalidRequest("threshold is a squared L2 distance and must lie in [0, 4].")
-        return requested
 
     def _probe(self, data: bytes) -> Probe:
         try:

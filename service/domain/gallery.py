@@ -9,13 +9,17 @@ false``), never as a failure a client would retry into a duplicate. Such writes 
 reconcile. A crash between the two steps is repaired at start-up: the index is rebuilt from (or
 verified against) the store. The index is any ``VectorIndex`` (embedded FAISS or Milvus): this
 module does not know which.
+
+``Gallery`` is the API's only way to the store and the index: every write goes through it, and
+so do the reads routes and calibration make (thin pass-throughs, so that nothing above the domain
+needs to know how the store is laid out).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +28,30 @@ from numpy.typing import NDArray
 
 from service.domain.faces import squared_distance
 from service.errors import VectorEngineUnavailable
-from service.index.base import ReconcileReport, VectorIndex
+from service.index.base import IndexInfo, ReconcileReport, VectorIndex
 from service.storage.engine import InTransaction
-from service.storage.records import CollectionRecord, FaceRecord, NewFace, SubjectRecord
+from service.storage.records import (
+    CollectionLookup,
+    CollectionRecord,
+    FaceRecord,
+    NewFace,
+    OwnThresholdSource,
+    SubjectRecord,
+)
 from service.storage.store import FaceStore
+
+# The records the gallery hands out are the domain's vocabulary too: the API names them from here,
+# never from the storage package.
+__all__ = [
+    "Candidate",
+    "CollectionLookup",
+    "CollectionRecord",
+    "FaceRecord",
+    "Gallery",
+    "NewFace",
+    "StoredFaces",
+    "SubjectRecord",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -152,16 +176,54 @@ class Gallery:
             self.indexes.create(record.pk)
             return record
 
+    def update_collection(
+        self, name: str, changes: Mapping[str, Any], *, threshold_source: OwnThresholdSource = "collection"
+    ) -> CollectionRecord:
+        """Change ``description`` and/or ``identify_threshold`` (None: back to the service default);
+        ``threshold_source`` records who set the threshold ("collection" or "calibration")."""
+        return self.store.collections.update_collection(
+            name, dict(changes), threshold_source=threshold_source
+        )
+
     def delete_collection(self, name: str) -> bool:
         """True when the engine dropped it too; False: deleted, the engine catches up later."""
         with self._write_lock:
             pk = self.store.collections.delete_collection(name)
             return self._to_engine(pk, 1, "collection delete", lambda: self.indexes.drop(pk))
 
+    def list_collections(self) -> list[CollectionRecord]:
+        return self.store.collections.list_collections()
+
+    def get_collection(self, name: str) -> CollectionRecord:
+        return self.store.collections.get_collection(name)
+
+    def collection_pk(self, name: str) -> int:
+        """The collection's key (CollectionNotFound when missing): the cheap existence check."""
+        return self.store.collections.collection_pk(name)
+
+    def collection_lookup(self, name: str) -> CollectionLookup:
+        """Key and own identify threshold in one cheap read: what identify needs first."""
+        return self.store.collections.collection_lookup(name)
+
     def index_sizes_by_name(self) -> dict[str, int]:
         collections = self.store.collections.list_collections()
         sizes = self.indexes.sizes([c.pk for c in collections])
         return {c.name: sizes.get(c.pk, 0) for c in collections}
+
+    def index_info(self, collection_pk: int) -> IndexInfo:
+        """Which index serves the collection (exact or compressed), its parameters and state."""
+        return self.indexes.index_info(collection_pk)
+
+    def compressed_index_states(self) -> dict[str, dict[str, object]]:
+        """Per collection not served by the exact scan: its index kind, state and parameters."""
+        states: dict[str, dict[str, object]] = {}
+        if self.indexes.engine != "faiss":
+            return states
+        for collection in self.store.collections.list_collections():
+            info = self.indexes.index_info(collection.pk)
+            if info.kind != "exact" or info.state != "ready":
+                states[collection.name] = {"kind": info.kind, "state": info.state, **info.params}
+        return states
 
     def index_out_of_sync(self) -> list[int]:
         """Collections whose index does not hold exactly the store's faces (for /readyz)."""
@@ -184,6 +246,10 @@ class Gallery:
     ) -> SubjectRecord:
         return self.store.subjects.create_subject(collection, subject_id, name, meta, within=within)
 
+    def update_subject(self, collection: str, subject_id: str, changes: Mapping[str, Any]) -> SubjectRecord:
+        """Change ``name`` and/or ``metadata`` (the keys present in ``changes``)."""
+        return self.store.subjects.update_subject(collection, subject_id, dict(changes))
+
     def delete_subject(self, collection: str, subject_id: str) -> bool:
         """True when the engine dropped its faces too; False: deleted, the engine catches up later
         (a deleted face is never answered meanwhile: hits are resolved through the store)."""
@@ -193,6 +259,15 @@ class Gallery:
             return self._to_engine(
                 coll_pk, len(ids), "subject delete", lambda: self.indexes.remove(coll_pk, ids)
             )
+
+    def list_subjects(
+        self, collection: str, offset: int, limit: int, id_prefix: str | None = None
+    ) -> tuple[list[SubjectRecord], int]:
+        """One page of subjects and the total that match ``id_prefix``."""
+        return self.store.subjects.list_subjects(collection, offset, limit, id_prefix)
+
+    def get_subject(self, collection: str, subject_id: str) -> SubjectRecord:
+        return self.store.subjects.get_subject(collection, subject_id)
 
     # -- faces -----------------------------------------------------------------------------
 
@@ -270,6 +345,42 @@ class Gallery:
         """Delete a subject, keeping its faces free-standing."""
         with self._write_lock:
             self.store.subjects.release_subject(collection, subject_id)
+
+    def list_faces(self, collection: str, subject_id: str) -> list[FaceRecord]:
+        return self.store.faces.list_faces(collection, subject_id)
+
+    def get_face(self, collection: str, face_id: str) -> FaceRecord:
+        return self.store.faces.get_face(collection, face_id)
+
+    def get_thumbnail(self, collection: str, face_id: str) -> bytes:
+        """The face's aligned JPEG crop (FaceNotFound / ThumbnailNotFound when there is none)."""
+        return self.store.faces.get_thumbnail(collection, face_id)
+
+    def subject_embeddings(self, collection: str, subject_id: str) -> tuple[list[str], NDArray[np.float32]]:
+        """The subject's face ids and their unit embeddings (one row each): what verify compares."""
+        return self.store.faces.subject_embeddings(collection, subject_id)
+
+    def iter_subject_embeddings(
+        self, collection_pk: int
+    ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float32]]]:
+        """Every embedding of a collection with its owning subject's key, in batches (calibration)."""
+        return self.store.faces.iter_subject_embeddings(collection_pk)
+
+    # -- health and lifecycle ----------------------------------------------------------------
+
+    @property
+    def vector_engine(self) -> str:
+        """Which vector engine serves the index ("faiss", "milvus")."""
+        return self.indexes.engine
+
+    def ping_store(self) -> None:
+        """One trivial query: raises SQLAlchemyError when the store cannot be reached."""
+        self.store.ping()
+
+    def close(self) -> None:
+        """At shutdown: the index first (it may flush), then the store's connections."""
+        self.indexes.close()
+        self.store.close()
 
     # -- search ----------------------------------------------------------------------------
 

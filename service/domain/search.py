@@ -37,12 +37,13 @@ async def identify(
     max_faces: int,
 ) -> Identification:
     """Unknown people come back with ``match=None``: the best distance must be ≤ the threshold in
-    force (the request's, else the collection's own, else the service's identify default)."""
+    force (the request's, else the collection's own, else the service's identify default at the
+    collection's number of subjects)."""
     # Resolved before the image work so an unknown collection fails fast; one row read gives the
-    # key and the collection's own threshold.
-    lookup = await asyncio.to_thread(gallery.store.collections.collection_lookup, collection)
+    # key, the collection's own threshold and its subject and face counts (counters, not a scan).
+    lookup = await asyncio.to_thread(gallery.collection_lookup, collection)
     threshold = thresholds.identify(
-        requested_threshold, lookup.identify_threshold, lookup.identify_threshold_source
+        requested_threshold, lookup.own_threshold, lookup.subject_count, lookup.face_count
     )
     faces = await engine.embed_image(data, max_faces=max_faces)
     queries = np.ascontiguousarray(np.stack([f.embedding for f in faces]))

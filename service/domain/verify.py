@@ -49,9 +49,7 @@ async def verify_subject(
     engine: FaceEngine, gallery: Gallery, collection: str, subject_id: str, image: bytes, *, threshold: float
 ) -> Verdict:
     """Distance to the subject's closest enrolled face."""
-    face_ids, enrolled = await asyncio.to_thread(
-        gallery.store.faces.subject_embeddings, collection, subject_id
-    )
+    face_ids, enrolled = await asyncio.to_thread(gallery.subject_embeddings, collection, subject_id)
     if enrolled.size == 0:
         raise FaceNotFound(f"Subject '{subject_id}' has no enrolled faces.")
     faces = await engine.embed_image(image, max_faces=1)

@@ -8,12 +8,16 @@ difference is repaired from the store (``reconcile``) at start-up and periodical
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+
+from service.vectors import as_unit_rows as as_unit_rows  # the engines' normaliser, named here too
 
 # Per query row: cosine similarities and face pks, best first; pk −1 pads rows with fewer hits.
 SearchHits = tuple[NDArray[np.float32], NDArray[np.int64]]
@@ -42,6 +46,20 @@ class ReconcileReport:
     @property
     def changed(self) -> int:
         return self.inserted + self.deleted
+
+
+@dataclass(frozen=True, slots=True)
+class IndexInfo:
+    """What serves one collection's searches (``GET /v1/collections/{c}``, ``/readyz``).
+
+    ``kind``: ``exact`` (flat scan), ``compressed`` (IVF codes re-ranked exactly) or the Milvus index
+    type; ``state``: ``ready``, or ``building`` while a compressed index trains in the background
+    (the exact index keeps serving meanwhile)."""
+
+    kind: str
+    state: str
+    faces: int
+    params: dict[str, int | str]
 
 
 class VectorIndex(Protocol):
@@ -92,6 +110,10 @@ class VectorIndex(Protocol):
         """Vectors held per collection."""
         ...
 
+    def index_info(self, collection_pk: int) -> IndexInfo:
+        """Which index serves this collection, with its parameters and training state."""
+        ...
+
     def out_of_sync(self, collection_pks: Sequence[int]) -> list[int]:
         """Collections whose vector count differs from the store's face count."""
         ...
@@ -113,13 +135,44 @@ class VectorIndex(Protocol):
         ...
 
 
-def as_unit_rows(vectors: NDArray[np.float32], dim: int) -> NDArray[np.float32]:
-    """C-contiguous float32 rows scaled to unit length (inner product = cosine)."""
-    array = np.array(vectors, dtype=np.float32, copy=True).reshape(-1, dim)
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    np.divide(array, norms, out=array, where=norms > 0)
-    return np.ascontiguousarray(array)
-
-
 def no_hits(n_queries: int) -> SearchHits:
     return np.full((n_queries, 0), -1.0, dtype=np.float32), np.full((n_queries, 0), -1, dtype=np.int64)
+
+
+class ReadWriteLock:
+    """Many readers or one writer; waiting writers go first so enrollment never starves under load."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()

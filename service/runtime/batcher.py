@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,7 +26,6 @@ logger = logging.getLogger(__name__)
 class _Pending:
     crops: tuple[NDArray[np.uint8], ...]  # one array per model input, same number of faces
     future: asyncio.Future[Embeddings]
-    enqueued: float = field(default_factory=time.perf_counter)
 
     def __len__(self) -> int:
         return len(self.crops[0])

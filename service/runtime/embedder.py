@@ -21,6 +21,7 @@ from service.runtime.detector import load_detector
 from service.runtime.model_card import ModelCard, ModelInput
 from service.runtime.onnx_session import ExecutionProvider, create_session
 from service.runtime.types import CropBatch, Embeddings, crop_arrays
+from service.vectors import as_unit_rows
 
 __all__ = ["OnnxEmbedder", "load_detector", "load_embedder"]
 
@@ -163,8 +164,7 @@ class OnnxEmbedder:
         vectors = np.asarray(raw, dtype=np.float32).reshape(count, -1)
         if vectors.shape[1] != self.dim:
             raise ValueError(f"model returned {vectors.shape[1]}-d vectors, the card says {self.dim}")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+        return as_unit_rows(vectors, self.dim)
 
 
 def load_embedder(

@@ -21,7 +21,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from service.errors import ImageError, ImageTooManyPixels, UnsupportedMediaType
 from service.runtime.types import RGBImage
 
-ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 THUMBNAIL_SIDE_PX = 112
 THUMBNAIL_JPEG_QUALITY = 85
 

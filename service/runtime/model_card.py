@@ -13,7 +13,9 @@ Two layouts:
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -61,6 +63,92 @@ class LfwResult(BaseModel):
     command: str = ""
 
 
+class LadderStep(BaseModel):
+    """The identify threshold measured for one gallery size (people enrolled)."""
+
+    model_config = ConfigDict(extra="allow")  # spread, held-out figures: kept, not read
+
+    gallery_size: int = Field(gt=0)
+    threshold: float = Field(ge=0.0, le=4.0)
+
+
+class IdentifyLadder(BaseModel):
+    """Identify thresholds at a ladder of gallery sizes, measured with ``enroll_count`` photos per person."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enroll_count: int = Field(gt=0)
+    steps: list[LadderStep] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _sizes_increase(self) -> Self:
+        sizes = [step.gallery_size for step in self.steps]
+        if any(b <= a for a, b in itertools.pairwise(sizes)):
+            raise ValueError(f"ladder gallery sizes must increase strictly, got {sizes}")
+        return self
+
+    @property
+    def reach(self) -> int:
+        return self.steps[-1].gallery_size
+
+    def at(self, subjects: int) -> float:
+        """The threshold for a gallery of ``subjects`` people (log-size interpolation, clamped)."""
+        first, last = self.steps[0], self.steps[-1]
+        if subjects <= first.gallery_size:
+            return first.threshold
+        if subjects >= last.gallery_size:
+            return last.threshold
+        for low, high in itertools.pairwise(self.steps):
+            if subjects <= high.gallery_size:
+                share = math.log(subjects / low.gallery_size) / math.log(high.gallery_size / low.gallery_size)
+                return low.threshold + share * (high.threshold - low.threshold)
+        raise AssertionError("unreachable: subjects lies below the last step")
+
+
+class IdentifyThresholdBySize(BaseModel):
+    """The identify threshold for one target FPIR by gallery size (``models.evaluate_openset``).
+
+    A stranger is named when *some* enrolled face lies close enough, and the more people (and photos
+    of them) are enrolled the likelier one is a look-alike: the threshold giving the same stranger
+    rate tightens as a gallery grows. One ladder per photos-per-person count; :meth:`at` reads each at
+    the collection's number of subjects (linear in log size between steps, clamped at the ends) and
+    interpolates between them at its mean photos per subject (linear in log photos, clamped). Beyond
+    the sizes a ladder was measured at (LFW has few people with many photos), it follows the ladder
+    measured furthest, shifted to meet its own last step.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    target_fpir: float = Field(gt=0.0, lt=1.0)
+    ladders: list[IdentifyLadder] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_ladder_per_count(self) -> Self:
+        counts = [ladder.enroll_count for ladder in self.ladders]
+        if any(b <= a for a, b in itertools.pairwise(counts)):
+            raise ValueError(f"ladders must have increasing enroll_count, got {counts}")
+        return self
+
+    def _read(self, ladder: IdentifyLadder, subjects: int) -> float:
+        furthest = max(self.ladders, key=lambda each: each.reach)
+        if subjects <= ladder.reach or ladder is furthest:
+            return ladder.at(subjects)
+        return ladder.steps[-1].threshold + furthest.at(subjects) - furthest.at(ladder.reach)
+
+    def at(self, subjects: int, faces: int) -> float:
+        """The threshold for a gallery of ``subjects`` people holding ``faces`` enrolled faces."""
+        low, high = self.ladders[0], self.ladders[-1]
+        photos = min(max(faces / subjects if subjects > 0 else 0.0, low.enroll_count), high.enroll_count)
+        for below, above in itertools.pairwise(self.ladders):
+            if below.enroll_count <= photos <= above.enroll_count:
+                share = math.log(photos / below.enroll_count) / math.log(
+                    above.enroll_count / below.enroll_count
+                )
+                low_value, high_value = self._read(below, subjects), self._read(above, subjects)
+                return low_value + share * (high_value - low_value)
+        return self._read(low, subjects)  # a single ladder
+
+
 _V1_ONLY = ("input", "alignment")
 _V2_ONLY = ("inputs", "output_name")
 
@@ -84,8 +172,11 @@ class ModelCard(BaseModel):
     # Calibrated default: squared L2 distance between unit embeddings, in [0, 4]. ``threshold`` is the
     # 1:1 verification threshold; ``identify_threshold`` the 1:N one (a target false-positive
     # identification rate at a reference gallery size, see ``metrics["openset"]``), None: use ``threshold``.
+    # ``identify_threshold_by_size`` (when present) replaces ``identify_threshold`` as the service's
+    # identify default: the same target FPIR at the collection's own number of subjects.
     threshold: float = Field(ge=0.0, le=4.0)
     identify_threshold: float | None = Field(default=None, ge=0.0, le=4.0)
+    identify_threshold_by_size: IdentifyThresholdBySize | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
     license: str = ""
     metrics: dict[str, Any] = Field(default_factory=dict)

@@ -10,7 +10,7 @@ from typing import Literal
 import onnx
 import onnxruntime as ort
 
-from service.runtime.glibc import glibc
+from service.runtime.glibc import heap_trimmer
 from service.runtime.graph_rewrite import rewrite_prelu
 
 logger = logging.getLogger(__name__)
@@ -103,13 +103,9 @@ def _cpu_session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
 
 def _return_freed_memory() -> None:
     """glibc keeps freed heap memory for reuse; once at start-up, give the model loading's back."""
-    libc = glibc()
-    if libc is None:
-        return
-    try:
-        libc.malloc_trim(0)
-    except AttributeError:  # a C library without malloc_trim (e.g. musl)
-        return
+    trim = heap_trimmer()
+    if trim is not None:  # None: not glibc (e.g. musl), or not Linux
+        trim()
 
 
 def active_provider(session: ort.InferenceSession) -> str:

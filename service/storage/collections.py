@@ -14,7 +14,13 @@ from sqlalchemy.exc import IntegrityError
 
 from service.errors import CollectionExists, CollectionNotFound
 from service.storage.engine import InTransaction, aware, utc_now
-from service.storage.records import CollectionLookup, CollectionRecord
+from service.storage.records import (
+    CollectionLookup,
+    CollectionRecord,
+    OwnThreshold,
+    OwnThresholdSource,
+    own_threshold,
+)
 from service.storage.schema import collections_table, faces_table, subjects_table, vector_writes_table
 
 
@@ -26,13 +32,42 @@ def collection_row(conn: Connection, name: str) -> Row[Any]:
     return row
 
 
-def bump_revision(conn: Connection, coll_pk: int) -> None:
-    """Record a change to the collection's faces (an index snapshot of the old revision is stale)."""
+def bump_revision(conn: Connection, coll_pk: int, faces: int) -> None:
+    """Record a change to the collection's faces, ``faces`` added (> 0) or removed (< 0): a new
+    revision (an index snapshot of the old one is stale) and the face counter, in the writer's
+    transaction."""
     conn.execute(
         update(collections_table)
         .where(collections_table.c.pk == coll_pk)
-        .values(revision=collections_table.c.revision + 1)
+        .values(revision=collections_table.c.revision + 1, face_count=collections_table.c.face_count + faces)
     )
+
+
+def count_subject(conn: Connection, coll_pk: int, change: int) -> None:
+    """Add ``change`` (+n on insert, −n on delete) to the collection's subject counter, inside the
+    writer's transaction: the counter and the subjects table commit together (see schema.py)."""
+    conn.execute(
+        update(collections_table)
+        .where(collections_table.c.pk == coll_pk)
+        .values(subject_count=collections_table.c.subject_count + change)
+    )
+
+
+def subject_count(conn: Connection, row: Any) -> int:
+    """The collection's number of subjects: its counter, or a count where the counter is NULL (a row
+    an older release wrote since start-up)."""
+    if row.subject_count is not None:
+        return int(row.subject_count)
+    counted = conn.execute(select(func.count()).where(subjects_table.c.collection_pk == row.pk))
+    return int(counted.scalar_one())
+
+
+def face_count(conn: Connection, row: Any) -> int:
+    """The collection's number of faces: its counter, or a count where the counter is NULL."""
+    if row.face_count is not None:
+        return int(row.face_count)
+    counted = conn.execute(select(func.count()).where(faces_table.c.collection_pk == row.pk))
+    return int(counted.scalar_one())
 
 
 class CollectionRepository:
@@ -64,7 +99,13 @@ class CollectionRepository:
             with self._engine.begin() as conn:
                 conn.execute(
                     insert(collections_table).values(
-                        name=name, description=description, revision=0, created_at=now, **own
+                        name=name,
+                        description=description,
+                        revision=0,
+                        created_at=now,
+                        subject_count=0,
+                        face_count=0,
+                        **own,
                     )
                 )
                 record = _with_counts(conn, collection_row(conn, name))
@@ -88,25 +129,27 @@ class CollectionRepository:
         return self.collection_lookup(name).pk
 
     def collection_lookup(self, name: str) -> CollectionLookup:
-        """Key and own identify threshold in one indexed row read (no counts): identify's lookup."""
+        """Key, own identify threshold and the counters in one indexed row read (no scan):
+        identify's lookup."""
         with self._engine.connect() as conn:
             row = conn.execute(
                 select(
                     collections_table.c.pk,
                     collections_table.c.identify_threshold,
                     collections_table.c.identify_threshold_source,
+                    collections_table.c.identify_threshold_set_at,
+                    collections_table.c.subject_count,
+                    collections_table.c.face_count,
                 ).where(collections_table.c.name == name)
             ).first()
-        if row is None:
-            raise CollectionNotFound(f"Collection '{name}' not found.", collection=name)
-        return CollectionLookup(
-            int(row.pk),
-            float(row.identify_threshold) if row.identify_threshold is not None else None,
-            row.identify_threshold_source,
-        )
+            if row is None:
+                raise CollectionNotFound(f"Collection '{name}' not found.", collection=name)
+            return CollectionLookup(
+                int(row.pk), _own_threshold(row), subject_count(conn, row), face_count(conn, row)
+            )
 
     def update_collection(
-        self, name: str, changes: dict[str, Any], *, threshold_source: str = "collection"
+        self, name: str, changes: dict[str, Any], *, threshold_source: OwnThresholdSource = "collection"
     ) -> CollectionRecord:
         """Change ``description`` and/or ``identify_threshold`` (None: back to the default)."""
         values: dict[str, Any] = {}
@@ -137,8 +180,8 @@ class CollectionRepository:
 
 
 def _with_counts(conn: Connection, row: Row[Any]) -> CollectionRecord:
-    subjects = conn.execute(select(func.count()).where(subjects_table.c.collection_pk == row.pk)).scalar_one()
-    faces = conn.execute(select(func.count()).where(faces_table.c.collection_pk == row.pk)).scalar_one()
+    subjects = subject_count(conn, row)
+    faces = face_count(conn, row)
     return CollectionRecord(
         pk=int(row.pk),
         name=str(row.name),
@@ -147,9 +190,13 @@ def _with_counts(conn: Connection, row: Row[Any]) -> CollectionRecord:
         revision=int(row.revision),
         subject_count=int(subjects),
         face_count=int(faces),
-        identify_threshold=float(row.identify_threshold) if row.identify_threshold is not None else None,
-        identify_threshold_source=row.identify_threshold_source,
-        identify_threshold_set_at=aware(row.identify_threshold_set_at)
-        if row.identify_threshold_set_at is not None
-        else None,
+        own_threshold=_own_threshold(row),
+    )
+
+
+def _own_threshold(row: Any) -> OwnThreshold | None:
+    """A collections row (or a select of its threshold columns) as its own-threshold record."""
+    set_at = row.identify_threshold_set_at
+    return own_threshold(
+        row.identify_threshold, row.identify_threshold_source, aware(set_at) if set_at is not None else None
     )

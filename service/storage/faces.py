@@ -79,7 +79,7 @@ class FaceRepository:
         with self._engine.begin() as conn:
             row = _face_row(conn, collection, face_id)
             conn.execute(delete(faces_table).where(faces_table.c.pk == row.pk))
-            bump_revision(conn, int(row.collection_pk))
+            bump_revision(conn, int(row.collection_pk), -1)
             return _face_record(row)
 
     def subject_embeddings(self, collection: str, subject_id: str) -> tuple[list[str], NDArray[np.float32]]:
@@ -170,7 +170,7 @@ class FaceRepository:
             pks = [int(row.pk) for row in rows]
             if pks:
                 conn.execute(delete(faces_table).where(faces_table.c.pk.in_(pks)))
-                bump_revision(conn, int(coll.pk))
+                bump_revision(conn, int(coll.pk), -len(pks))
             return int(coll.pk), [_face_record(row) for row in rows]
 
     def set_faces_subject(
@@ -329,7 +329,7 @@ def insert_faces(
             )
         )
     if records:
-        bump_revision(conn, coll_pk)
+        bump_revision(conn, coll_pk, len(records))
     return records
 
 

@@ -4,10 +4,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+
+# Who set a collection's own identify threshold: a client (create/PATCH) or POST .../calibrate.
+OwnThresholdSource = Literal["collection", "calibration"]
+
+
+@dataclass(frozen=True, slots=True)
+class OwnThreshold:
+    """A collection's own identify threshold as stored: value (d², [0, 4]), who set it and when."""
+
+    value: float
+    source: OwnThresholdSource
+    set_at: datetime | None
+
+
+def own_threshold(value: float | None, source: str | None, set_at: datetime | None) -> OwnThreshold | None:
+    """The record of a collection row's three threshold columns (None: the row has no own threshold)."""
+    if value is None:
+        return None
+    return OwnThreshold(float(value), "calibration" if source == "calibration" else "collection", set_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,19 +38,17 @@ class CollectionRecord:
     revision: int
     subject_count: int = 0
     face_count: int = 0
-    # The collection's own identify threshold (None: the service default), its origin and date.
-    identify_threshold: float | None = None
-    identify_threshold_source: str | None = None  # "collection" | "calibration"
-    identify_threshold_set_at: datetime | None = None
+    own_threshold: OwnThreshold | None = None  # None: the service default applies
 
 
 @dataclass(frozen=True, slots=True)
 class CollectionLookup:
-    """What identify needs of a collection: its key and own threshold, read in one cheap query."""
+    """What identify needs of a collection: key, own threshold, subject and face counts, one row read."""
 
     pk: int
-    identify_threshold: float | None
-    identify_threshold_source: str | None
+    own_threshold: OwnThreshold | None
+    subject_count: int  # both kept by the store on every write: no scan
+    face_count: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,8 +29,12 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    func,
     inspect,
+    or_,
+    select,
     text,
+    update,
 )
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -57,6 +61,12 @@ collections_table = Table(
     Column("identify_threshold", Float, nullable=True),
     Column("identify_threshold_source", String(16), nullable=True),
     Column("identify_threshold_set_at", DateTime(timezone=True), nullable=True),
+    # The numbers of subjects and faces, kept by every subject and face write in its own transaction
+    # (``collections.count_subject``, ``collections.bump_revision``): identify reads them with the row
+    # (the default identify threshold depends on them) instead of counting. NULL in a database from
+    # before they existed until the ``counters`` step fills them; readers count when they find NULL.
+    Column("subject_count", BigInteger, nullable=True),
+    Column("face_count", BigInteger, nullable=True),
     sqlite_autoincrement=True,
 )
 
@@ -253,6 +263,51 @@ def relax_face_subject(engine: Engine) -> str | None:
     return "faces.subject_pk is nullable (table rebuilt)"
 
 
+def _recount(engine: Engine) -> str | None:
+    """Set ``collections.subject_count`` / ``face_count`` where they differ from the subjects and
+    faces tables (NULL after the columns were added; writes by an older release that did not keep
+    them). One read when nothing is off, the usual start-up.
+
+    Each stale collection is fixed in its own transaction. On PostgreSQL its row is locked first
+    (``FOR UPDATE``): every writer changes a table and then its counters in this row before
+    committing, so a write whose +1 already landed is waited for and counted (the count, a new
+    statement, sees it), and one that has not reached the row yet is not counted and adds its +1 to
+    the recounted value after. SQLite runs one writer at a time and the update is one statement.
+    """
+    subjects = (
+        select(func.count())
+        .where(subjects_table.c.collection_pk == collections_table.c.pk)
+        .correlate(collections_table)
+        .scalar_subquery()
+    )
+    faces = (
+        select(func.count())
+        .where(faces_table.c.collection_pk == collections_table.c.pk)
+        .correlate(collections_table)
+        .scalar_subquery()
+    )
+    stale = or_(
+        collections_table.c.subject_count.is_(None),
+        collections_table.c.face_count.is_(None),
+        collections_table.c.subject_count != subjects,
+        collections_table.c.face_count != faces,
+    )
+    with engine.connect() as conn:
+        pks = [int(pk) for pk in conn.execute(select(collections_table.c.pk).where(stale)).scalars()]
+    fixed = 0
+    for pk in pks:
+        with engine.begin() as conn:
+            if engine.dialect.name != "sqlite":
+                row = select(collections_table.c.pk).where(collections_table.c.pk == pk)
+                conn.execute(row.with_for_update())
+            fixed += conn.execute(
+                update(collections_table)
+                .where(collections_table.c.pk == pk, stale)
+                .values(subject_count=subjects, face_count=faces)
+            ).rowcount
+    return f"recounted the subjects and faces of {fixed} collection(s)" if fixed else None
+
+
 @dataclass(frozen=True, slots=True)
 class MigrationStep:
     """One named change to an existing database; ``apply`` returns what it changed, or None."""
@@ -265,6 +320,7 @@ class MigrationStep:
 MIGRATIONS: tuple[MigrationStep, ...] = (
     MigrationStep("additive-columns", _add_missing_columns),
     MigrationStep("nullable-face-subject", relax_face_subject),
+    MigrationStep("counters", _recount),
 )
 
 

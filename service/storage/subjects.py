@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from service.errors import SubjectExists, SubjectNotFound
-from service.storage.collections import bump_revision, collection_row
+from service.storage.collections import bump_revision, collection_row, count_subject
 from service.storage.engine import InTransaction, aware, utc_now
 from service.storage.records import SubjectRecord
 from service.storage.schema import faces_table, subjects_table
@@ -36,7 +36,7 @@ def subject_pk(conn: Connection, collection: str, subject_id: str, coll_pk: int 
 def insert_subject(
     conn: Connection, coll_pk: int, subject_id: str, name: str | None, meta: dict[str, Any]
 ) -> int:
-    """Insert a subject row; returns its key (IntegrityError when the id is taken)."""
+    """Insert a subject row and count it; returns its key (IntegrityError when the id is taken)."""
     result = conn.execute(
         insert(subjects_table).values(
             collection_pk=coll_pk, subject_id=subject_id, name=name, meta=meta, created_at=utc_now()
@@ -44,6 +44,7 @@ def insert_subject(
     )
     pk = result.inserted_primary_key
     assert pk is not None
+    count_subject(conn, coll_pk, +1)
     return int(pk[0])
 
 
@@ -119,6 +120,7 @@ class SubjectRepository:
             owner = subject_pk(conn, collection, subject_id, coll_pk=int(coll.pk))
             conn.execute(update(faces_table).where(faces_table.c.subject_pk == owner).values(subject_pk=None))
             conn.execute(delete(subjects_table).where(subjects_table.c.pk == owner))
+            count_subject(conn, int(coll.pk), -1)
 
     def get_subject(self, collection: str, subject_id: str) -> SubjectRecord:
         with self._engine.connect() as conn:
@@ -158,8 +160,9 @@ class SubjectRepository:
             ]
             conn.execute(delete(faces_table).where(faces_table.c.subject_pk == pk))
             conn.execute(delete(subjects_table).where(subjects_table.c.pk == pk))
+            count_subject(conn, int(coll.pk), -1)
             if face_pks:
-                bump_revision(conn, int(coll.pk))
+                bump_revision(conn, int(coll.pk), -len(face_pks))
             return int(coll.pk), face_pks
 
 

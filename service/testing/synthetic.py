@@ -11,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sqlalchemy import func, insert, select
 
-from service.storage.collections import bump_revision, collection_row
+from service.storage.collections import bump_revision, collection_row, count_subject
 from service.storage.engine import utc_now
 from service.storage.schema import faces_table, subjects_table
 from service.storage.store import FaceStore
@@ -65,5 +65,6 @@ def bulk_insert_synthetic(
                 for i, vec in enumerate(vectors)
             ],
         )
-        bump_revision(conn, coll_pk)
+        count_subject(conn, coll_pk, n_subjects)
+        bump_revision(conn, coll_pk, len(vectors))
     return len(vectors)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from service.api.deps import CallerDep, CollectionDep, Services, ServicesDep
+from service.api.deps import CallerDep, CollectionDep, ServicesDep
 from service.api.idempotency import IdempotencyKeyHeader, begin, released_on_failure
 from service.api.problems import problem_responses
 from service.api.schemas import (
@@ -18,15 +18,17 @@ from service.api.schemas import (
     CollectionOut,
     CollectionPatch,
     IdentifyThresholdOut,
+    IndexOut,
     OperatingPointOut,
     Problem,
     VerifyThresholdOut,
 )
 from service.api.writes import DELETED_PENDING_INDEX, deleted_pending_index
 from service.domain.calibration import OperatingPoint, calibrate_collection
+from service.domain.gallery import CollectionRecord
 from service.domain.idempotency import Answer, json_digest
+from service.domain.services import Services
 from service.domain.thresholds import ThresholdInForce
-from service.storage.records import CollectionRecord
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 _ONE = problem_responses(401, 403, 404, 422, 503)
@@ -34,14 +36,18 @@ _ONE = problem_responses(401, 403, 404, 422, 503)
 
 def identify_threshold_out(threshold: ThresholdInForce) -> IdentifyThresholdOut:
     assert threshold.source != "request"
-    return IdentifyThresholdOut(value=threshold.value, source=threshold.source, set_at=threshold.set_at)
+    return IdentifyThresholdOut(
+        value=threshold.value,
+        source=threshold.source,
+        set_at=threshold.set_at,
+        read_at_subjects=threshold.read_at_subjects,
+        read_at_faces=threshold.read_at_faces,
+    )
 
 
 def collection_out(record: CollectionRecord, services: Services) -> CollectionOut:
     thresholds = services.thresholds
-    identify = thresholds.identify_for(
-        record.identify_threshold, record.identify_threshold_source, record.identify_threshold_set_at
-    )
+    identify = thresholds.for_collection(record.own_threshold, record.subject_count, record.face_count)
     verify = thresholds.verify_default
     assert verify.source in ("model_card", "settings")
     return CollectionOut(
@@ -88,13 +94,23 @@ def create_collection(
 
 @router.get("", response_model=CollectionList, responses=problem_responses(401, 503))
 def list_collections(services: ServicesDep, caller: CallerDep) -> CollectionList:
-    records = services.gallery.store.collections.list_collections()
+    records = services.gallery.list_collections()
     return CollectionList(collections=[collection_out(r, services) for r in records if caller.allows(r.name)])
 
 
 @router.get("/{collection}", response_model=CollectionOut, responses=_ONE)
 def get_collection(collection: CollectionDep, services: ServicesDep) -> CollectionOut:
-    return collection_out(services.gallery.store.collections.get_collection(collection), services)
+    """The collection, with the vector index serving it (exact or compressed, and its state)."""
+    record = services.gallery.get_collection(collection)
+    info = services.gallery.index_info(record.pk)
+    out = collection_out(record, services)
+    out.index = IndexOut(
+        kind=info.kind,
+        state="building" if info.state == "building" else "ready",
+        faces=info.faces,
+        params=info.params,
+    )
+    return out
 
 
 @router.patch(
@@ -109,7 +125,7 @@ def patch_collection(
     changes = body.model_dump(include=body.model_fields_set)
     if changes.get("description", "") is None:
         changes["description"] = ""
-    return collection_out(services.gallery.store.collections.update_collection(collection, changes), services)
+    return collection_out(services.gallery.update_collection(collection, changes), services)
 
 
 @router.delete(
@@ -161,7 +177,7 @@ async def calibrate(
     """
     outcome = await asyncio.to_thread(
         calibrate_collection,
-        services.gallery.store,
+        services.gallery,
         services.thresholds,
         services.calibration,
         collection,

@@ -35,9 +35,9 @@ from service.domain.enroll import (
     enroll_images,
     quality_dict,
 )
+from service.domain.gallery import FaceRecord
 from service.domain.idempotency import Answer, parts_digest
 from service.errors import InvalidRequest, SubjectNotFound, ThumbnailsDisabled
-from service.storage.records import FaceRecord
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["faces"])
 _READ = problem_responses(401, 403, 404, 422, 503)
@@ -174,14 +174,12 @@ def _response(collection: str, subject_id: str, enrollment: Enrollment) -> Enrol
 
 @router.get("/subjects/{subject_id}/faces", response_model=FaceList, responses=_READ)
 def list_faces(collection: CollectionDep, subject_id: SubjectId, services: ServicesDep) -> FaceList:
-    return FaceList(
-        faces=[face_out(r) for r in services.gallery.store.faces.list_faces(collection, subject_id)]
-    )
+    return FaceList(faces=[face_out(r) for r in services.gallery.list_faces(collection, subject_id)])
 
 
 @router.get("/faces/{face_id}", response_model=FaceOut, responses=_READ)
 def get_face(collection: CollectionDep, face_id: FaceId, services: ServicesDep) -> FaceOut:
-    return face_out(services.gallery.store.faces.get_face(collection, face_id))
+    return face_out(services.gallery.get_face(collection, face_id))
 
 
 @router.delete(
@@ -206,6 +204,6 @@ def face_thumbnail(collection: CollectionDep, face_id: FaceId, services: Service
     """The aligned crop kept at enrollment (unless FACES_THUMBNAILS_ENABLED=false)."""
     if not services.settings.thumbnails_enabled:
         raise ThumbnailsDisabled("Face thumbnails are turned off on this server.")
-    jpeg = services.gallery.store.faces.get_thumbnail(collection, face_id)
+    jpeg = services.gallery.get_thumbnail(collection, face_id)
     # Private: the crop is a face; a face id never gets other content, so it may be cached a while.
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})

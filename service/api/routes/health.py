@@ -10,9 +10,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.api.deps import Services, ServicesDep
+from service.api.deps import ServicesDep
 from service.api.problems import problem_responses
 from service.api.schemas import Health
+from service.domain.services import Services
 from service.errors import ServiceError
 
 logger = logging.getLogger(__name__)
@@ -31,15 +32,17 @@ def _readiness(services: Services | None) -> tuple[bool, dict[str, object]]:
         return False, {"model": "loading"}
     checks: dict[str, object] = {"model": services.card.name, "execution_provider": services.provider}
     ready = True
-    checks["vector_engine"] = services.gallery.indexes.engine
+    checks["vector_engine"] = services.gallery.vector_engine
     # Writes this replica stored while the engine was down, not yet in it (pushed once it answers).
     pending = services.gallery.pending_writes()
     checks["index_pending_writes"] = pending
     try:
-        services.gallery.store.ping()
+        services.gallery.ping_store()
         checks["store"] = "ok"
         stale = services.gallery.index_out_of_sync()
         checks["index"] = "in_sync" if not stale else f"out_of_sync: {stale}"
+        # Collections not on the exact scan (compressed, or one building in the background).
+        checks["compressed_indexes"] = services.gallery.compressed_index_states()
         ready = not stale and pending == 0
     except SQLAlchemyError:
         logger.warning("readiness: store unreachable", exc_info=True)

@@ -13,9 +13,9 @@ from service.api.problems import problem_responses
 from service.api.schemas import SubjectCreate, SubjectId, SubjectOut, SubjectPage, SubjectPatch
 from service.api.validation import check_metadata
 from service.api.writes import DELETED_PENDING_INDEX, deleted_pending_index
+from service.domain.gallery import SubjectRecord
 from service.domain.idempotency import Answer, json_digest
 from service.settings import Settings
-from service.storage.records import SubjectRecord
 
 router = APIRouter(prefix="/v1/collections/{collection}/subjects", tags=["subjects"])
 
@@ -80,13 +80,13 @@ def list_subjects(
         str | None, Query(max_length=128, description="Only subjects whose id starts with this (any case)")
     ] = None,
 ) -> SubjectPage:
-    records, total = services.gallery.store.subjects.list_subjects(collection, offset, limit, id_prefix)
+    records, total = services.gallery.list_subjects(collection, offset, limit, id_prefix)
     return SubjectPage(items=[subject_out(r) for r in records], total=total, offset=offset, limit=limit)
 
 
 @router.get("/{subject_id}", response_model=SubjectOut, responses=_READ)
 def get_subject(collection: CollectionDep, subject_id: SubjectId, services: ServicesDep) -> SubjectOut:
-    return subject_out(services.gallery.store.subjects.get_subject(collection, subject_id))
+    return subject_out(services.gallery.get_subject(collection, subject_id))
 
 
 @router.patch("/{subject_id}", response_model=SubjectOut, responses=_WRITE)
@@ -96,7 +96,7 @@ def update_subject(
     if body.metadata is not None:
         _check_metadata(body.metadata, services.settings)
     changes = body.model_dump(exclude_unset=True)
-    return subject_out(services.gallery.store.subjects.update_subject(collection, subject_id, changes))
+    return subject_out(services.gallery.update_subject(collection, subject_id, changes))
 
 
 @router.delete(

@@ -44,7 +44,7 @@ async def verify_images(
     limit = services.settings.max_upload_bytes
     a = await read_upload(image_a, limit, strict=True)
     b = await read_upload(image_b, limit, strict=True)
-    verdict = await verify_pair(services.engine, a, b, threshold=services.engine.threshold(threshold))
+    verdict = await verify_pair(services.engine, a, b, threshold=services.thresholds.verify(threshold).value)
     return verdict_out(verdict)
 
 
@@ -67,6 +67,6 @@ async def verify_against_subject(
         collection,
         subject_id,
         data,
-        threshold=services.engine.threshold(threshold),
+        threshold=services.thresholds.verify(threshold).value,
     )
     return verdict_out(verdict)

@@ -69,10 +69,20 @@ export function fmtDate(value) {
 
 const SOURCES = {
   model_card: "model card default",
+  model_card_by_size: "model card default for this collection's size",
   settings: "server setting",
   collection: "set on this collection",
   calibration: "calibrated on this collection",
 };
+
+/** Where a threshold came from, in plain words; the size rule says the size it was read at. */
+function sourceWords(threshold) {
+  if (threshold.source === "model_card_by_size" && Number.isInteger(threshold.read_at_subjects)) {
+    const n = threshold.read_at_subjects;
+    return `model card default for ${n} ${n === 1 ? "subject" : "subjects"}, stricter as the collection grows`;
+  }
+  return SOURCES[threshold.source] || threshold.source || "";
+}
 
 /** {value, source, set_at} (or a bare number) → "1.399" plus where it came from. */
 export function thresholdCell(threshold) {
@@ -80,7 +90,7 @@ export function thresholdCell(threshold) {
     return h("span", {}, "—", h("span", { class: "source" }, "not reported by this server"));
   }
   if (typeof threshold === "number") return h("span", {}, fmt(threshold));
-  const source = SOURCES[threshold.source] || threshold.source || "";
+  const source = sourceWords(threshold);
   const since = threshold.set_at ? `, ${fmtDate(threshold.set_at)}` : "";
   return h("span", {}, fmt(threshold.value), h("span", { class: "source" }, `${source}${since}`));
 }
@@ -88,15 +98,14 @@ export function thresholdCell(threshold) {
 /** Where a threshold object came from, in words ("" when the server does not say). */
 export function thresholdSource(threshold) {
   if (!threshold || typeof threshold !== "object") return "";
-  const source = SOURCES[threshold.source] || threshold.source || "";
+  const source = sourceWords(threshold);
   return threshold.set_at ? `${source}, ${fmtDate(threshold.set_at)}` : source;
 }
 
 export function thresholdText(threshold) {
   if (threshold === undefined || threshold === null) return "";
   if (typeof threshold === "number") return fmt(threshold);
-  const source = SOURCES[threshold.source] || threshold.source || "";
-  return `${fmt(threshold.value)} (${source})`;
+  return `${fmt(threshold.value)} (${sourceWords(threshold)})`;
 }
 
 /**
