@@ -104,9 +104,7 @@ async def index_image(
 ) -> IndexedImage:
     """Store every face of the image that passes the gate at ``level``, largest first, at most
     ``max_faces`` (the rest: EXCEEDS_MAX_FACES), as free-standing faces with one new image id."""
-    await asyncio.to_thread(
-        gallery.store.collections.collection_pk, collection
-    )  # unknown collection: fail fast
+    await asyncio.to_thread(gallery.collection_lookup, collection)  # unknown collection: fail fast
     image = await detect_faces(engine, data, max_pixels)
     config = engine.lanes.analyzer.quality
     kept: list[AnalyzedFace] = []
@@ -186,17 +184,17 @@ def identify_threshold_of(
 ) -> tuple[int, float]:
     """The collection's key and the identify threshold in force (its own or the service default):
     what /v1 identify decides with."""
-    lookup = gallery.store.collections.collection_lookup(collection)
+    lookup = gallery.collection_lookup(collection)
     threshold = thresholds.identify(None, lookup.own_threshold, lookup.subject_count, lookup.face_count)
     return lookup.pk, threshold.value
 
 
 def list_collections(gallery: Gallery) -> list[CollectionRecord]:
-    return gallery.store.collections.list_collections()
+    return gallery.list_collections()
 
 
 def describe_collection(gallery: Gallery, collection: str) -> CollectionRecord:
-    return gallery.store.collections.get_collection(collection)
+    return gallery.get_collection(collection)
 
 
 def faces_page(
