@@ -39,6 +39,7 @@ ORDER = [
     "bench_milvus",
     "bench_milvus_ann",
     "bench_bigindex",
+    "bench_rekognition",
 ]
 DEFAULT = ["search", "stages", "pipeline", "embed", "http", "memory", "calibrate", "large_images", "hostile"]
 TITLES = {
@@ -55,6 +56,7 @@ TITLES = {
     "bench_milvus": "Milvus next to FAISS (identify, enroll, consistency)",
     "bench_milvus_ann": "Milvus approximate indexes (HNSW, IVF_FLAT) vs exact FLAT on real faces",
     "bench_bigindex": "Big galleries on real faces: compressed index vs exact, coalesced scans",
+    "bench_rekognition": "Rekognition-compatible API beside /v1 identify",
 }
 
 

@@ -19,6 +19,7 @@ from service.api.content_type import require_json_content_type
 from service.api.middleware import BodySizeLimit, InternalErrorGuard, RequestMetrics
 from service.api.openapi_doc import with_links
 from service.api.problems import install_problem_handlers, problem_openapi
+from service.api.rekognition import HANDLERS, MAX_BODY_BYTES, RekognitionGateway, served_model
 from service.api.routes import collections, faces, health, identify, subjects, verify
 from service.bootstrap import build_services
 from service.console import mount_console
@@ -136,11 +137,19 @@ def create_app(settings: Settings) -> FastAPI:
         problem_openapi(app), max_images=settings.max_images_per_request
     )
     upload_limit = settings.max_upload_bytes * settings.max_images_per_request + 1024 * 1024
-    # Added innermost first: guard → metrics → auth (before any body) → body limits → routes.
+    # Added innermost first: guard → metrics → Rekognition API (POST / with X-Amz-Target: its own
+    # SigV4 auth, body cap and AWS-shaped errors) → /v1 auth (before any body) → body limits → routes.
     app.add_middleware(
         BodySizeLimit, max_multipart_bytes=upload_limit, max_other_bytes=settings.max_json_body_bytes
     )
     app.add_middleware(ApiKeyAuth, keyring=keyring, metrics_key=settings.metrics_key)
+    app.add_middleware(
+        RekognitionGateway,
+        keyring=keyring,
+        model=served_model(),
+        handlers=HANDLERS,
+        max_body_bytes=MAX_BODY_BYTES,
+    )
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(InternalErrorGuard)
     return app

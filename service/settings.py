@@ -172,7 +172,8 @@ class Settings(BaseSettings):
     min_sharpness: float = Field(default=0.0, ge=0.0)
     detector_score_threshold: float = Field(default=0.6, ge=0.0, le=1.0)
 
-    # Auth: no keys → open. Each entry "KEY" (all collections) or "KEY:coll1,coll2".
+    # Auth: no keys → open. Each entry "KEY" (all collections) or "KEY:coll1,coll2", optionally
+    # "ID=KEY..." to give the key an access-key id for AWS Signature V4 (the Rekognition API).
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # A key that opens only GET /metrics (for a Prometheus scraper). With auth on, an all-collections
     # key opens it too; with neither set, /metrics is open like the rest of the API.
@@ -251,21 +252,45 @@ class Settings(BaseSettings):
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-def parse_api_keys(entries: list[str]) -> dict[str, frozenset[str] | None]:
-    """``KEY`` or ``KEY:coll1,coll2`` entries → key → allowed collections (None: all).
+# ``ID=SECRET``: an AWS-style access-key id in front of the secret (base64 padding ``==`` at the end of
+# a plain key is not an id: the character after the first ``=`` must not be another ``=``).
+_ACCESS_KEY_ID = re.compile(r"^([A-Za-z0-9_.-]{1,128})=([^=].*)$")
 
+
+def parse_api_keys(entries: list[str]) -> dict[str, frozenset[str] | None]:
+    """``KEY`` or ``KEY:coll1,coll2`` entries (each optionally ``ID=KEY...``) → key → allowed
+    collections (None: all). See ``parse_key_ring`` for the access-key ids."""
+    return parse_key_ring(entries)[0]
+
+
+def parse_key_ring(
+    entries: list[str],
+) -> tuple[dict[str, frozenset[str] | None], dict[str, str]]:
+    """``[ID=]KEY[:coll1,coll2]`` entries → (key → allowed collections (None: all), access-key id → key).
+
+    The key (the secret) is what ``X-API-Key`` carries on /v1; an entry with an ``ID`` also signs
+    AWS Signature V4 requests as that access-key id (the Rekognition-compatible API).
     Anything ambiguous is an error, never a wider key: an empty key, an empty scope (``k:`` or
-    ``k: , ``), a scope naming something that cannot be a collection, the same key twice.
+    ``k: , ``), a scope naming something that cannot be a collection, the same key or id twice.
     """
     keys: dict[str, frozenset[str] | None] = {}
+    ids: dict[str, str] = {}
     for number, entry in enumerate(entries, start=1):
         key, colon, scope = entry.partition(":")
         key = key.strip()
         where = f"FACES_API_KEYS entry {number}"
+        access_key_id: str | None = None
+        named = _ACCESS_KEY_ID.match(key)
+        if named is not None:
+            access_key_id, key = named.group(1), named.group(2).strip()
         if not key:
             raise ValueError(f"{where} has an empty key")
         if key in keys:
             raise ValueError(f"{where}: the same key is listed twice (give each key one entry)")
+        if access_key_id is not None:
+            if access_key_id in ids:
+                raise ValueError(f"{where}: access-key id {access_key_id!r} is listed twice")
+            ids[access_key_id] = key
         if not colon:
             keys[key] = None
             continue
@@ -278,4 +303,4 @@ def parse_api_keys(entries: list[str]) -> dict[str, frozenset[str] | None]:
             if not _COLLECTION_NAME.match(name):
                 raise ValueError(f"{where}: {name!r} is not a collection name")
         keys[key] = frozenset(names)
-    return keys
+    return keys, ids

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.api.middleware import send_problem
 from service.api.problems import problem_body
 from service.errors import Forbidden, ServiceError, Unauthorized
-from service.settings import parse_api_keys
+from service.settings import parse_key_ring
 
 API_KEY_HEADER = "X-API-Key"
 CALLER_SCOPE_KEY = "faces.caller"
@@ -26,14 +26,28 @@ _COLLECTIONS_PREFIX = "/v1/collections/"
 
 @dataclass(frozen=True, slots=True)
 class KeyRing:
-    """Configured API keys; a key maps to its allowed collections (None = all)."""
+    """Configured API keys; a key maps to its allowed collections (None = all), and an access-key id
+    (AWS Signature V4, the Rekognition-compatible API) to its key."""
 
     keys: dict[str, frozenset[str] | None] = field(default_factory=dict)
+    access_keys: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, entries: list[str]) -> KeyRing:
-        """ValueError with the offending entry for an empty key or scope, or a duplicate key."""
-        return cls(parse_api_keys(entries))
+        """ValueError with the offending entry for an empty key or scope, or a duplicate key or id."""
+        keys, ids = parse_key_ring(entries)
+        return cls(keys, ids)
+
+    def secret_for(self, access_key_id: str) -> tuple[str, frozenset[str] | None] | None:
+        """The key (secret) and scope behind an access-key id; None for an unknown id. Every id is
+        compared, so timing says nothing about which ids exist."""
+        found: str | None = None
+        for known, secret in self.access_keys.items():
+            if hmac.compare_digest(known.encode(), access_key_id.encode()):
+                found = secret
+        if found is None:
+            return None
+        return found, self.keys[found]
 
     @property
     def enabled(self) -> bool:

@@ -184,7 +184,8 @@ class FaceQualityOut(BaseModel):
 
 class FaceOut(BaseModel):
     face_id: str
-    subject_id: str
+    # null: a free-standing face, indexed through the Rekognition-compatible API without a user.
+    subject_id: str | None
     box: Box
     quality: dict[str, Any]
     source_hash: str | None

@@ -57,6 +57,14 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class FaceHit:
+    """One face of a face-level search (subject's or free-standing), nearest first."""
+
+    face: FaceRecord
+    distance: float  # squared L2 in [0, 4]
+
+
+@dataclass(frozen=True, slots=True)
 class Candidate:
     subject_id: str
     face_id: str
@@ -268,14 +276,15 @@ class Gallery:
     # -- faces -----------------------------------------------------------------------------
 
     def add_faces(
-        self, collection: str, subject_id: str, faces: Sequence[NewFace], *, create_subject: bool
+        self, collection: str, subject_id: str | None, faces: Sequence[NewFace], *, create_subject: bool
     ) -> list[FaceRecord]:
+        """Store faces under ``subject_id`` (None: free-standing faces) and index them."""
         return self.store_faces(collection, subject_id, faces, create_subject=create_subject).records
 
     def store_faces(
         self,
         collection: str,
-        subject_id: str,
+        subject_id: str | None,
         faces: Sequence[NewFace],
         *,
         create_subject: bool,
@@ -314,6 +323,33 @@ class Gallery:
                 record.collection_pk, 1, "face delete", lambda: self.indexes.remove(record.collection_pk, ids)
             )
 
+    def delete_free_faces(self, collection: str, face_ids: Sequence[str]) -> list[FaceRecord]:
+        """Delete the faces among ``face_ids`` that belong to no subject; returns those deleted."""
+        with self._write_lock:
+            coll_pk, records = self.store.faces.delete_free_faces(collection, face_ids)
+            if records:
+                ids = np.asarray([r.pk for r in records], dtype=np.int64)
+                # An engine that is down catches up later; hits are resolved through the store meanwhile.
+                self._to_engine(coll_pk, len(ids), "face delete", lambda: self.indexes.remove(coll_pk, ids))
+            return records
+
+    # -- users: subjects seen face by face (the index is unchanged: it holds faces) ----------
+
+    def associate_faces(self, collection: str, subject_id: str, face_ids: Sequence[str]) -> list[str]:
+        """Put free-standing faces (or the subject's own) under the subject; returns those now its."""
+        with self._write_lock:
+            return self.store.faces.set_faces_subject(collection, face_ids, subject_id)
+
+    def disassociate_faces(self, collection: str, subject_id: str, face_ids: Sequence[str]) -> list[str]:
+        """Make the subject's faces among ``face_ids`` free-standing; returns those changed."""
+        with self._write_lock:
+            return self.store.faces.set_faces_subject(collection, face_ids, None, only_of=subject_id)
+
+    def release_subject(self, collection: str, subject_id: str) -> None:
+        """Delete a subject, keeping its faces free-standing."""
+        with self._write_lock:
+            self.store.subjects.release_subject(collection, subject_id)
+
     def list_faces(self, collection: str, subject_id: str) -> list[FaceRecord]:
         return self.store.faces.list_faces(collection, subject_id)
 
@@ -351,6 +387,33 @@ class Gallery:
         self.store.close()
 
     # -- search ----------------------------------------------------------------------------
+
+    def search_faces(
+        self,
+        collection_pk: int,
+        query: NDArray[np.float32],
+        max_faces: int,
+        max_distance: float,
+        exclude_pk: int | None = None,
+    ) -> list[FaceHit]:
+        """The ``max_faces`` nearest faces within ``max_distance`` (squared L2), nearest first: every
+        face counts, whoever it belongs to (the per-subject ranking is ``search``)."""
+        after = self.store.vector_writes.vector_write_ts(collection_pk) if self.indexes.tracks_writes else 0
+        k = min(self.indexes.max_k, max_faces + (1 if exclude_pk is not None else 0) + 8)
+        row = np.ascontiguousarray(np.atleast_2d(query), dtype=np.float32)
+        while True:
+            sims, pks = self.indexes.search(collection_pk, row, k, visible_after=after)
+            hits = [(int(pk), float(sim)) for pk, sim in zip(pks[0], sims[0], strict=True) if pk >= 0]
+            within = [(pk, squared_distance(sim)) for pk, sim in hits if pk != exclude_pk]
+            within = [(pk, d) for pk, d in within if d <= max_distance]
+            records = self.store.faces.face_hits([pk for pk, _ in within])
+            found = [FaceHit(records[pk], d) for pk, d in within if pk in records]
+            exhausted = len(hits) < k or k >= self.indexes.max_k
+            # Hits are nearest first: once one lies beyond max_distance, more would not help.
+            beyond = len(within) < len([pk for pk, _ in hits if pk != exclude_pk])
+            if len(found) >= max_faces or exhausted or beyond:
+                return sorted(found, key=lambda h: h.distance)[:max_faces]
+            k = min(self.indexes.max_k, k * 4)
 
     def search(self, collection_pk: int, queries: NDArray[np.float32], top_k: int) -> list[list[Candidate]]:
         """Per query, the ``top_k`` best subjects, each represented by its closest face.

@@ -113,6 +113,15 @@ def probe_image(data: bytes, *, max_pixels: int) -> ImageInfo:
         return ImageInfo(fmt, img.size[0], img.size[1])
 
 
+def upright_size(data: bytes, *, max_pixels: int) -> tuple[int, int]:
+    """(width, height) as displayed (after EXIF orientation), from the header alone: the frame that
+    face boxes are reported in."""
+    with _opened(data, max_pixels) as (img, _fmt):
+        width, height = img.size
+        orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
+
+
 def decode_image(data: bytes, *, max_pixels: int) -> RGBImage:
     """Decode JPEG/PNG/WebP into an upright RGB uint8 array of shape (H, W, 3), at full resolution.
 

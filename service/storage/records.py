@@ -72,6 +72,8 @@ class NewFace:
     source_hash: str | None = None
     source_name: str | None = None
     thumbnail: bytes | None = field(default=None, repr=False)  # small aligned JPEG for the console
+    external_image_id: str | None = None  # Rekognition's ExternalImageId
+    image_id: str | None = None  # Rekognition's ImageId: one per uploaded image
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +81,13 @@ class FaceRecord:
     pk: int  # int64 id shared with the FAISS index
     face_id: str  # public id
     collection_pk: int
-    subject_pk: int
-    subject_id: str
+    subject_pk: int | None  # None: a free-standing face (Rekognition API, no user)
+    subject_id: str | None
     box: tuple[float, float, float, float]
     quality: dict[str, Any]
     source_hash: str | None
     source_name: str | None
     created_at: datetime
     embedding: NDArray[np.float32] | None = field(default=None, repr=False)
+    external_image_id: str | None = None
+    image_id: str | None = None

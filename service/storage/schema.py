@@ -37,6 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from service.storage.subject_repair import MetadataBounds, repair_subjects
 
@@ -90,13 +91,19 @@ faces_table = Table(
     Column("pk", _Id, primary_key=True, autoincrement=True),
     Column("face_id", String(36), nullable=False, unique=True),
     Column("collection_pk", _Id, ForeignKey("collections.pk", ondelete="CASCADE"), nullable=False),
-    Column("subject_pk", _Id, ForeignKey("subjects.pk", ondelete="CASCADE"), nullable=False),
+    # NULL: a free-standing face (indexed through the Rekognition-compatible API without a user):
+    # stored, listed and searchable face by face, but no subject's (not an identify candidate).
+    # Nullable since the Rekognition API; the "nullable-face-subject" step upgrades older databases.
+    Column("subject_pk", _Id, ForeignKey("subjects.pk", ondelete="CASCADE"), nullable=True),
     Column("embedding", LargeBinary, nullable=False),
     Column("box", JSON, nullable=False),
     Column("quality", JSON, nullable=False),
     Column("source_hash", String(64), nullable=True),
     Column("source_name", String(512), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Rekognition's ExternalImageId (the client's name for the image) and ImageId (one per upload).
+    Column("external_image_id", String(255), nullable=True),
+    Column("image_id", String(36), nullable=True),
     Index("ix_faces_collection", "collection_pk", "pk"),
     Index("ix_faces_subject", "subject_pk"),
     # Never reuse a pk: FAISS ids and snapshots must not alias a deleted row.
@@ -198,6 +205,66 @@ def _add_missing_columns(engine: Engine) -> str | None:
     return f"added columns {', '.join(added)}" if added else None
 
 
+def relax_face_subject(engine: Engine) -> str | None:
+    """Make ``faces.subject_pk`` nullable on a database made before free-standing faces.
+
+    PostgreSQL alters the column in place. SQLite cannot drop NOT NULL: the table is rebuilt in one
+    transaction (SQLite's documented procedure: foreign keys off so that dropping the old table
+    cascades nowhere, copy, drop, rename, indexes back, foreign-key check, the AUTOINCREMENT
+    sequence kept so that no face pk is ever reused). Idempotent; a second process that finds the
+    work done does nothing.
+    """
+    columns = {c["name"]: c for c in inspect(engine).get_columns("faces")}
+    if columns["subject_pk"]["nullable"]:
+        return None
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE faces ALTER COLUMN subject_pk DROP NOT NULL"))
+        return "faces.subject_pk is nullable"
+    ddl = str(CreateTable(faces_table).compile(dialect=engine.dialect)).strip()
+    assert ddl.startswith("CREATE TABLE faces ")
+    ddl = "CREATE TABLE faces__rebuild " + ddl[len("CREATE TABLE faces ") :]
+    preparer = engine.dialect.identifier_preparer
+    names = ", ".join(preparer.format_column(c) for c in faces_table.columns if c.name in columns)
+    indexes = [str(CreateIndex(index).compile(dialect=engine.dialect)) for index in faces_table.indexes]
+    with engine.connect() as conn:
+        # The raw sqlite3 connection in autocommit mode, so that BEGIN/COMMIT are ours and the DDL is
+        # inside the transaction (the driver would otherwise commit before each DDL statement).
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        level = raw.isolation_level
+        raw.isolation_level = None
+        try:
+            raw.execute("PRAGMA foreign_keys=OFF")
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                info = raw.execute("PRAGMA table_info(faces)").fetchall()
+                if not any(row[1] == "subject_pk" and row[3] for row in info):  # another process did it
+                    raw.execute("ROLLBACK")
+                    return None
+                seq = raw.execute("SELECT seq FROM sqlite_sequence WHERE name = 'faces'").fetchone()
+                raw.execute(ddl)
+                raw.execute(f"INSERT INTO faces__rebuild ({names}) SELECT {names} FROM faces")
+                raw.execute("DROP TABLE faces")
+                raw.execute("ALTER TABLE faces__rebuild RENAME TO faces")
+                for statement in indexes:
+                    raw.execute(statement)
+                if seq is not None:
+                    raw.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'faces'", (seq[0],))
+                broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"faces rebuild would break foreign keys: {broken[:5]}")
+                raw.execute("COMMIT")
+            except BaseException:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+                raise
+        finally:
+            raw.execute("PRAGMA foreign_keys=ON")
+            raw.isolation_level = level
+    return "faces.subject_pk is nullable (table rebuilt)"
+
+
 def _recount(engine: Engine) -> str | None:
     """Set ``collections.subject_count`` / ``face_count`` where they differ from the subjects and
     faces tables (NULL after the columns were added; writes by an older release that did not keep
@@ -265,6 +332,7 @@ def migrations(subject_bounds: MetadataBounds | None = None) -> tuple[MigrationS
     configuration can serve is repaired; see service/storage/subject_repair.py)."""
     return (
         MigrationStep("additive-columns", _add_missing_columns),
+        MigrationStep("nullable-face-subject", relax_face_subject),
         MigrationStep("counters", _recount),
         MigrationStep("repair-unservable-subjects", _repair_subjects(subject_bounds or MetadataBounds())),
     )

@@ -100,6 +100,28 @@ class SubjectRepository:
             ).all()
             return [_subject_record(row) for row in rows], int(total)
 
+    def subjects_after(self, collection: str, after: str | None, limit: int) -> list[SubjectRecord]:
+        """Subjects in id order after ``after`` (keyset: each subject once per walk)."""
+        with self._engine.connect() as conn:
+            coll = collection_row(conn, collection)
+            conditions = [subjects_table.c.collection_pk == coll.pk]
+            if after is not None:
+                conditions.append(subjects_table.c.subject_id > after)
+            rows = conn.execute(
+                _subjects_query().where(*conditions).order_by(subjects_table.c.subject_id).limit(limit)
+            ).all()
+        return [_subject_record(row) for row in rows]
+
+    def release_subject(self, collection: str, subject_id: str) -> None:
+        """Delete a subject but keep its faces, free-standing (Rekognition's DeleteUser). The index
+        holds faces whoever owns them: it and the revision are unchanged."""
+        with self._engine.begin() as conn:
+            coll = collection_row(conn, collection)
+            owner = subject_pk(conn, collection, subject_id, coll_pk=int(coll.pk))
+            conn.execute(update(faces_table).where(faces_table.c.subject_pk == owner).values(subject_pk=None))
+            conn.execute(delete(subjects_table).where(subjects_table.c.pk == owner))
+            count_subject(conn, int(coll.pk), -1)
+
     def get_subject(self, collection: str, subject_id: str) -> SubjectRecord:
         with self._engine.connect() as conn:
             coll = collection_row(conn, collection)
