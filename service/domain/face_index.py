@@ -22,9 +22,14 @@ from service.domain.enroll import quality_dict
 from service.domain.faces import EmbeddedFace, FaceEngine
 from service.domain.gallery import Gallery
 from service.domain.thresholds import ThresholdPolicy
-from service.runtime.analyzer import AnalyzedFace
+
+# Re-exported: the API layer names faces and quality reasons from the domain, never from runtime.
+from service.runtime.analyzer import AnalyzedFace as AnalyzedFace
 from service.runtime.imaging import thumbnail_jpeg, upright_size
-from service.runtime.quality import BLURRY, FACE_TOO_SMALL, LOW_DETECTOR_SCORE, QualityConfig
+from service.runtime.quality import BLURRY as BLURRY
+from service.runtime.quality import FACE_TOO_SMALL as FACE_TOO_SMALL
+from service.runtime.quality import LOW_DETECTOR_SCORE as LOW_DETECTOR_SCORE
+from service.runtime.quality import QualityConfig
 from service.storage.records import CollectionRecord, FaceRecord, NewFace, SubjectRecord
 
 EXCEEDS_MAX_FACES = "exceeds_max_faces"

@@ -10,9 +10,16 @@ from service.api.rekognition.errors import InvalidPaginationToken, ResourceNotFo
 from service.api.rekognition.gateway import Context, Handler
 from service.api.rekognition.shapes import decode_token, encode_token, face_detail, stored_face
 from service.domain import face_index
-from service.domain.face_index import EXCEEDS_MAX_FACES, NOT_LARGEST, QualityLevel, index_image
+from service.domain.face_index import (
+    BLURRY,
+    EXCEEDS_MAX_FACES,
+    FACE_TOO_SMALL,
+    LOW_DETECTOR_SCORE,
+    NOT_LARGEST,
+    QualityLevel,
+    index_image,
+)
 from service.errors import SubjectNotFound
-from service.runtime.quality import BLURRY, FACE_TOO_SMALL, LOW_DETECTOR_SCORE
 
 # Our quality reason codes under AWS's Reason names.
 AWS_REASONS = {

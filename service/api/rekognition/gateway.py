@@ -19,9 +19,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import service.api.rekognition.sigv4 as sigv4
 from service.api.auth import KeyRing
 from service.api.deps import Services
-from service.api.rekognition import sigv4
 from service.api.rekognition.errors import (
     AccessDenied,
     AwsError,

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 
 from service.api.rekognition.errors import InvalidPaginationToken
-from service.runtime.analyzer import AnalyzedFace
-from service.storage.records import FaceRecord
+from service.domain.face_index import AnalyzedFace
+from service.domain.gallery import FaceRecord
 
 # Our five landmarks (service/runtime/types.py: image-left eye, image-right eye, nose tip, image-left
 # and image-right mouth corner) under AWS's names, which are also from the viewer's side.
