@@ -59,7 +59,7 @@ from service.index.compressed_index import (
     ExactVectors,
     default_nlist,
 )
-from service.index.faiss_index import CollectionIndex, limit_blas_threads
+from service.index.flat_index import CollectionIndex, limit_blas_threads
 from service.runtime.model_card import ModelCard
 
 DIM = 128

@@ -43,7 +43,8 @@ from bench.common import (
 from bench.server import SYNTHETIC_COLLECTION, seed_synthetic
 from service.bootstrap import load_face_models
 from service.domain.gallery import Gallery
-from service.index.faiss_index import CollectionIndex, IndexRegistry
+from service.index.faiss_index import IndexRegistry
+from service.index.flat_index import CollectionIndex
 from service.runtime.embedder import load_embedder
 from service.runtime.imaging import decode_image
 from service.settings import Settings
