@@ -123,7 +123,7 @@ def measure(
         settings.intra_op_threads,
         cpu_graph_rewrites=False,
     )
-    k = max(top_k * 8, 32)  # what Gallery._rank_subjects asks FAISS for first
+    k = max(top_k * 8, 32)  # what ranking.search_subjects asks FAISS for first
 
     samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
     warm = decode_image(probes[0], max_pixels=settings.max_image_pixels)
