@@ -53,13 +53,10 @@ from bench.common import (
     parse_counts,
     start_report,
 )
-from service.index.compressed_index import (
-    CompressedCollectionIndex,
-    CompressedParams,
-    ExactVectors,
-    default_nlist,
-)
-from service.index.faiss_index import CollectionIndex, limit_blas_threads
+from service.index.compressed_index import CompressedCollectionIndex, CompressedParams
+from service.index.exact_vectors import ExactVectors
+from service.index.flat_index import CollectionIndex, limit_blas_threads
+from service.index.ivf_training import default_nlist
 from service.runtime.model_card import ModelCard
 
 DIM = 128

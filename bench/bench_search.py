@@ -33,7 +33,7 @@ from bench.common import (
     random_unit_vectors,
     start_report,
 )
-from service.index.faiss_index import CollectionIndex, gpu_available
+from service.index.flat_index import CollectionIndex, gpu_available
 
 DIM = 128
 
@@ -70,7 +70,7 @@ def build_raw_index(vectors: NDArray[np.float32], device: str) -> Any:
 
 
 def build_service_index(vectors: NDArray[np.float32], device: str) -> CollectionIndex:
-    """The service's own per-collection index (``service.index.faiss_index.CollectionIndex``)."""
+    """The service's own per-collection index (``service.index.flat_index.CollectionIndex``)."""
     if device == "gpu" and not gpu_available():
         raise SystemExit("--device gpu: this faiss build sees no GPU (install faiss-gpu-cu12 on a GPU host)")
     index = CollectionIndex(vectors.shape[1], use_gpu=device == "gpu")

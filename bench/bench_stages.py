@@ -43,7 +43,8 @@ from bench.common import (
 from bench.server import SYNTHETIC_COLLECTION, seed_synthetic
 from service.bootstrap import load_face_models
 from service.domain.gallery import Gallery
-from service.index.faiss_index import CollectionIndex, IndexRegistry
+from service.index.faiss_index import IndexRegistry
+from service.index.flat_index import CollectionIndex
 from service.runtime.embedder import load_embedder
 from service.runtime.imaging import decode_image
 from service.settings import Settings
@@ -122,7 +123,7 @@ def measure(
         settings.intra_op_threads,
         cpu_graph_rewrites=False,
     )
-    k = max(top_k * 8, 32)  # what Gallery._rank_subjects asks FAISS for first
+    k = max(top_k * 8, 32)  # what ranking.search_subjects asks FAISS for first
 
     samples: dict[str, list[float]] = {stage: [] for stage in STAGES}
     warm = decode_image(probes[0], max_pixels=settings.max_image_pixels)

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from numpy.typing import NDArray
 
 from service.index.compressed_index import CompressedCollectionIndex, CompressedParams
-from service.index.faiss_index import CollectionIndex, IndexRegistry
+from service.index.faiss_index import IndexRegistry
+from service.index.flat_index import CollectionIndex
 from service.main import create_app
 from service.settings import Settings
 from service.storage.records import NewFace

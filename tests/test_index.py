@@ -9,7 +9,8 @@ import pytest
 from numpy.typing import NDArray
 
 from service.domain.gallery import Gallery
-from service.index.faiss_index import CollectionIndex, IndexRegistry
+from service.index.faiss_index import IndexRegistry
+from service.index.flat_index import CollectionIndex
 from service.storage.records import NewFace
 from service.storage.store import FaceStore
 
@@ -105,7 +106,7 @@ def test_corrupt_snapshot_falls_back_to_rebuild(tmp_path: Path) -> None:
 def test_read_write_lock_shares_reads_and_lets_a_waiting_writer_go_first() -> None:
     import threading
 
-    from service.index.faiss_index import ReadWriteLock
+    from service.index.base import ReadWriteLock
 
     lock = ReadWriteLock()
     order: list[str] = []

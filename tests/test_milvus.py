@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.domain.gallery import Candidate, Gallery
+from service.domain.gallery import Gallery
+from service.domain.ranking import Candidate
 from service.errors import VectorEngineUnavailable
 from service.index.base import VectorIndex
 from service.index.faiss_index import IndexRegistry

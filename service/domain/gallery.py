@@ -12,21 +12,22 @@ module does not know which.
 
 ``Gallery`` is the API's only way to the store and the index: every write goes through it, and
 so do the reads routes and calibration make (thin pass-throughs, so that nothing above the domain
-needs to know how the store is laid out).
+needs to know how the store is laid out). The pending-write bookkeeping is ``pending_writes``, the
+search ranking ``ranking``.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from service.domain.faces import squared_distance
+from service.domain.pending_writes import PendingWrites
+from service.domain.ranking import Candidate, FaceHit, search_faces, search_subjects
 from service.errors import VectorEngineUnavailable
 from service.index.base import IndexInfo, ReconcileReport, VectorIndex
 from service.storage.engine import InTransaction
@@ -43,7 +44,6 @@ from service.storage.store import FaceStore
 # The records the gallery hands out are the domain's vocabulary too: the API names them from here,
 # never from the storage package.
 __all__ = [
-    "Candidate",
     "CollectionLookup",
     "CollectionRecord",
     "FaceRecord",
@@ -53,24 +53,6 @@ __all__ = [
     "SubjectRecord",
 ]
 
-logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class FaceHit:
-    """One face of a face-level search (subject's or free-standing), nearest first."""
-
-    face: FaceRecord
-    distance: float  # squared L2 in [0, 4]
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    subject_id: str
-    face_id: str
-    similarity: float  # cosine
-    distance: float  # squared L2 in [0, 4]
-
 
 @dataclass(frozen=True, slots=True)
 class StoredFaces:
@@ -78,36 +60,6 @@ class StoredFaces:
 
     records: list[FaceRecord]
     searchable: bool
-
-
-class PendingWrites:
-    """Writes this process stored but the vector engine did not take, per collection pk."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[int, int] = {}
-
-    def add(self, collection_pk: int, writes: int) -> None:
-        with self._lock:
-            self._counts[collection_pk] = self._counts.get(collection_pk, 0) + max(1, writes)
-
-    def snapshot(self) -> dict[int, int]:
-        with self._lock:
-            return dict(self._counts)
-
-    def settle(self, pushed: dict[int, int]) -> None:
-        """Forget what a successful push covered (writes that failed during it stay)."""
-        with self._lock:
-            for pk, n in pushed.items():
-                left = self._counts.get(pk, 0) - n
-                if left > 0:
-                    self._counts[pk] = left
-                else:
-                    self._counts.pop(pk, None)
-
-    def total(self) -> int:
-        with self._lock:
-            return sum(self._counts.values())
 
 
 class Gallery:
@@ -121,22 +73,6 @@ class Gallery:
 
     # -- the vector engine's share of a write ----------------------------------------------
 
-    def _to_engine(self, collection_pk: int, writes: int, what: str, change: Callable[[], object]) -> bool:
-        """Apply a stored change to the engine; False (and counted as pending) when it is down."""
-        try:
-            change()
-        except VectorEngineUnavailable as exc:
-            self._pending.add(collection_pk, writes)
-            logger.warning(
-                "collection %d: %s stored; the vector engine did not take it (%s): pending, pushed "
-                "when the engine answers again",
-                collection_pk,
-                what,
-                exc.detail,
-            )
-            return False
-        return True
-
     def pending_writes(self) -> int:
         """Stored writes the engine has not taken yet (this process's; /readyz reports it)."""
         return self._pending.total()
@@ -144,20 +80,9 @@ class Gallery:
     def push_pending(self) -> ReconcileReport | None:
         """Push pending writes to the engine now (None: nothing pending). Raises
         VectorEngineUnavailable while the engine is still down; the caller tries again later."""
-        pushed = self._pending.snapshot()
-        if not pushed:
-            return None
-        pks = [c.pk for c in self.store.collections.list_collections()]
-        live = set(pks)
-        report = self.indexes.reconcile(pks, suspects=[pk for pk in pushed if pk in live])
-        self._pending.settle(pushed)
-        logger.warning(
-            "vector engine back: %d pending writes pushed (%d vectors inserted, %d deleted)",
-            sum(pushed.values()),
-            report.inserted,
-            report.deleted,
+        return self._pending.push(
+            self.indexes, lambda: [c.pk for c in self.store.collections.list_collections()]
         )
-        return report
 
     # -- collections -----------------------------------------------------------------------
 
@@ -189,7 +114,7 @@ class Gallery:
         """True when the engine dropped it too; False: deleted, the engine catches up later."""
         with self._write_lock:
             pk = self.store.collections.delete_collection(name)
-            return self._to_engine(pk, 1, "collection delete", lambda: self.indexes.drop(pk))
+            return self._pending.apply(pk, 1, "collection delete", lambda: self.indexes.drop(pk))
 
     def list_collections(self) -> list[CollectionRecord]:
         return self.store.collections.list_collections()
@@ -260,7 +185,7 @@ class Gallery:
         with self._write_lock:
             coll_pk, face_pks = self.store.subjects.delete_subject(collection, subject_id)
             ids = np.asarray(face_pks, dtype=np.int64)
-            return self._to_engine(
+            return self._pending.apply(
                 coll_pk, len(ids), "subject delete", lambda: self.indexes.remove(coll_pk, ids)
             )
 
@@ -303,7 +228,7 @@ class Gallery:
             vectors = np.stack([f.embedding for f in faces]).astype(np.float32)
             coll_pk = records[0].collection_pk
             written: list[int] = []
-            indexed = self._to_engine(
+            indexed = self._pending.apply(
                 coll_pk,
                 len(records),
                 "enrollment",
@@ -319,7 +244,7 @@ class Gallery:
         with self._write_lock:
             record = self.store.faces.delete_face(collection, face_id)
             ids = np.asarray([record.pk], dtype=np.int64)
-            return self._to_engine(
+            return self._pending.apply(
                 record.collection_pk, 1, "face delete", lambda: self.indexes.remove(record.collection_pk, ids)
             )
 
@@ -330,7 +255,9 @@ class Gallery:
             if records:
                 ids = np.asarray([r.pk for r in records], dtype=np.int64)
                 # An engine that is down catches up later; hits are resolved through the store meanwhile.
-                self._to_engine(coll_pk, len(ids), "face delete", lambda: self.indexes.remove(coll_pk, ids))
+                self._pending.apply(
+                    coll_pk, len(ids), "face delete", lambda: self.indexes.remove(coll_pk, ids)
+                )
             return records
 
     # -- users: subjects seen face by face (the index is unchanged: it holds faces) ----------
@@ -386,7 +313,7 @@ class Gallery:
         self.indexes.close()
         self.store.close()
 
-    # -- search ----------------------------------------------------------------------------
+    # -- search (``ranking``) --------------------------------------------------------------------
 
     def search_faces(
         self,
@@ -398,22 +325,9 @@ class Gallery:
     ) -> list[FaceHit]:
         """The ``max_faces`` nearest faces within ``max_distance`` (squared L2), nearest first: every
         face counts, whoever it belongs to (the per-subject ranking is ``search``)."""
-        after = self.store.vector_writes.vector_write_ts(collection_pk) if self.indexes.tracks_writes else 0
-        k = min(self.indexes.max_k, max_faces + (1 if exclude_pk is not None else 0) + 8)
-        row = np.ascontiguousarray(np.atleast_2d(query), dtype=np.float32)
-        while True:
-            sims, pks = self.indexes.search(collection_pk, row, k, visible_after=after)
-            hits = [(int(pk), float(sim)) for pk, sim in zip(pks[0], sims[0], strict=True) if pk >= 0]
-            within = [(pk, squared_distance(sim)) for pk, sim in hits if pk != exclude_pk]
-            within = [(pk, d) for pk, d in within if d <= max_distance]
-            records = self.store.faces.face_hits([pk for pk, _ in within])
-            found = [FaceHit(records[pk], d) for pk, d in within if pk in records]
-            exhausted = len(hits) < k or k >= self.indexes.max_k
-            # Hits are nearest first: once one lies beyond max_distance, more would not help.
-            beyond = len(within) < len([pk for pk, _ in hits if pk != exclude_pk])
-            if len(found) >= max_faces or exhausted or beyond:
-                return sorted(found, key=lambda h: h.distance)[:max_faces]
-            k = min(self.indexes.max_k, k * 4)
+        return search_faces(
+            self.store, self.indexes, collection_pk, query, max_faces, max_distance, exclude_pk
+        )
 
     def search(self, collection_pk: int, queries: NDArray[np.float32], top_k: int) -> list[list[Candidate]]:
         """Per query, the ``top_k`` best subjects, each represented by its closest face.
@@ -421,44 +335,4 @@ class Gallery:
         Takes the key the caller already resolved (``collections.collection_pk``) so that a request looks
         its collection up once; a collection deleted in between searches as empty.
         """
-        rows = np.atleast_2d(queries)
-        if len(rows) == 0:
-            return []
-        max_k = self.indexes.max_k
-        k = min(max_k, max(top_k * 8, 32))
-        # Read-your-writes across replicas: as of the last insert any replica acknowledged.
-        after = self.store.vector_writes.vector_write_ts(collection_pk) if self.indexes.tracks_writes else 0
-        sims, pks = self.indexes.search(collection_pk, rows, k, visible_after=after)
-        return [
-            self._rank_subjects(collection_pk, row, top_k, k, sims[i], pks[i], after)
-            for i, row in enumerate(rows)
-        ]
-
-    def _rank_subjects(
-        self,
-        collection_pk: int,
-        query: NDArray[np.float32],
-        top_k: int,
-        k: int,
-        sims: NDArray[np.float32],
-        pks: NDArray[np.int64],
-        after: int,
-    ) -> list[Candidate]:
-        """Best face per subject; asks the index for more faces while subjects are missing."""
-        while True:
-            hits = [(int(pk), float(sim)) for pk, sim in zip(pks, sims, strict=True) if pk >= 0]
-            owners = self.store.faces.faces_by_pk([pk for pk, _ in hits])
-            best: dict[str, Candidate] = {}
-            for pk, sim in hits:  # the index returns hits best first
-                owner = owners.get(pk)
-                if owner is None or owner[1] in best:
-                    continue
-                face_id, subject_id = owner
-                distance = squared_distance(sim)
-                best[subject_id] = Candidate(subject_id, face_id, float(np.clip(sim, -1.0, 1.0)), distance)
-            exhausted = len(hits) < k or k >= self.indexes.max_k
-            if len(best) >= top_k or exhausted:
-                return sorted(best.values(), key=lambda c: c.distance)[:top_k]
-            k = min(self.indexes.max_k, k * 4)
-            more_sims, more_pks = self.indexes.search(collection_pk, query[None, :], k, visible_after=after)
-            sims, pks = more_sims[0], more_pks[0]
+        return search_subjects(self.store, self.indexes, collection_pk, queries, top_k)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.domain.faces import EmbeddedFace, FaceEngine
-from service.domain.gallery import Candidate, Gallery
+from service.domain.gallery import Gallery
+from service.domain.ranking import Candidate
 from service.domain.thresholds import ThresholdInForce, ThresholdPolicy
 
 

@@ -25,7 +25,7 @@ from service.api.rekognition.gateway import Context, Handler
 from service.api.rekognition.shapes import bounding_box, confidence, face_detail, stored_face
 from service.domain import face_index
 from service.domain.face_index import ImageFaces, Probe, QualityLevel, probe_face
-from service.domain.gallery import Candidate, FaceHit
+from service.domain.ranking import Candidate, FaceHit
 from service.domain.similarity import similarity_percent
 from service.errors import SubjectNotFound
 

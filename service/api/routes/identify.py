@@ -12,7 +12,7 @@ from service.api.problems import problem_responses
 from service.api.schemas import CandidateOut, FaceQualityOut, IdentifiedFace, IdentifyResponse
 from service.api.uploads import read_upload
 from service.domain.enroll import quality_dict
-from service.domain.gallery import Candidate
+from service.domain.ranking import Candidate
 from service.domain.search import identify
 
 router = APIRouter(prefix="/v1/collections/{collection}", tags=["identify"])
