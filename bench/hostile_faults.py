@@ -29,7 +29,7 @@ import httpx
 from PIL import Image
 
 from bench.common import Table
-from service.testing.server import ServerProcess
+from service.testing.server import ServerProcess, descendants, start_time
 
 TMPFS_SIZE = "2m"
 FILLER_BYTES = 1_200_000
@@ -51,27 +51,6 @@ def _status(response: httpx.Response) -> str:
         with contextlib.suppress(ValueError, AttributeError):
             return f"{response.status_code}:{response.json().get('code', '?')}"
     return str(response.status_code)
-
-
-def _children(pid: int) -> dict[int, str]:
-    found: dict[int, str] = {}
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                for child in map(int, (task / "children").read_text().split()):
-                    started = _start_time(child)
-                    if started is not None:
-                        found[child] = started
-                        found.update(_children(child))
-    return found
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def _giant_png(face: Path, side: int = 4200) -> bytes:
@@ -111,11 +90,11 @@ def orphans(run: FaultRun, root: Path | None, giant: bytes) -> None:
                 client.post(
                     "/v1/collections/orphans/identify", files={"image": ("g.png", giant, "image/png")}
                 )
-            children = _children(server.pid)
+            children = descendants(server.pid)
             run.children_before_kill = len(children)
             server.kill()
             time.sleep(ORPHAN_WAIT_S)
-            alive = [pid for pid, started in children.items() if _start_time(pid) == started]
+            alive = [pid for pid, started in children.items() if start_time(pid) == started]
             run.orphans_after_5s = len(alive)
             for pid in alive:  # ours: started by the server this run started
                 with contextlib.suppress(ProcessLookupError):

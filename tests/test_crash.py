@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from service.testing.milvus_server import MilvusServer
-from service.testing.server import ServerProcess, free_port
+from service.testing.server import ServerProcess, descendants, free_port, start_time
 from tests.helpers import giant_png
 from tests.test_api import LfwImage
 
@@ -176,31 +176,6 @@ def test_sigkill_during_enrollment_loses_nothing_acknowledged(server: ServerProc
     assert probe["faces"][0]["match"]["distance"] < 0.01
 
 
-def _descendants(pid: int) -> dict[int, str]:
-    """pid → start time (field 22 of /proc/pid/stat) of every descendant of ``pid``, alive now."""
-    found: dict[int, str] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            children = (task / "children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            started = _start_time(child)
-            if started is not None:
-                found[child] = started
-                found.update(_descendants(child))
-    return found
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time, or None once it is gone or a zombie (dead, not yet reaped)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
 def test_sigkill_leaves_no_child_process_behind(tmp_path: Path, lfw_image: LfwImage) -> None:
     """The large-image worker and multiprocessing's resource tracker die with a SIGKILLed server."""
     server = ServerProcess(tmp_path)
@@ -214,14 +189,14 @@ def test_sigkill_leaves_no_child_process_behind(tmp_path: Path, lfw_image: LfwIm
             timeout=120,
         )
         assert response.status_code == 200, response.text
-        children = _descendants(server.pid)
+        children = descendants(server.pid)
         assert len(children) >= 2, f"expected the large-image worker and the resource tracker: {children}"
         server.kill()
         deadline = time.monotonic() + 5
         alive = children
         while alive and time.monotonic() < deadline:
             time.sleep(0.1)
-            alive = {pid: t for pid, t in children.items() if _start_time(pid) == t}
+            alive = {pid: t for pid, t in children.items() if start_time(pid) == t}
         assert not alive, f"processes outlived the SIGKILLed server: {alive}"
     finally:
         server.stop()

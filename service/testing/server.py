@@ -156,3 +156,28 @@ def running_server(
         yield server
     finally:
         server.stop()
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid → start time (field 22 of /proc/pid/stat) of every live descendant of ``pid`` (Linux):
+    what a crash test records before the kill, to ask afterwards whether any of them survived."""
+    found: dict[int, str] = {}
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for child in map(int, (task / "children").read_text().split()):
+                    started = start_time(child)
+                    if started is not None:
+                        found[child] = started
+                        found.update(descendants(child))
+    return found
+
+
+def start_time(pid: int) -> str | None:
+    """The process's start time, or None once it is gone or a zombie (dead, not yet reaped); a pid
+    reused by a new process has another start time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
