@@ -42,7 +42,7 @@ from pymilvus import MilvusClient, MilvusException
 
 from service.errors import VectorEngineUnavailable
 from service.index.base import EmbeddingSource, IndexInfo, ReconcileReport, SearchHits, no_hits
-from service.index.milvus_connection import MilvusConnection
+from service.index.milvus_connection import ENGINE_ERRORS, MilvusConnection
 from service.index.milvus_reconcile import MAX_WINDOW, reconcile
 from service.index.milvus_schema import (
     PARTITION_FIELD,
@@ -168,7 +168,11 @@ class MilvusIndex:
         """Nothing to do: a collection is a partition-key value, not a Milvus object."""
 
     def drop(self, collection_pk: int) -> None:
-        self._write(lambda: self._client.delete(self._name, filter=in_collection(collection_pk)))
+        self._write(
+            lambda: self._client.delete(
+                self._name, filter=in_collection(collection_pk), **self._connection.call_timeout
+            )
+        )
 
     def add(self, collection_pk: int, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> int:
         """Insert; returns the Milvus timestamp of the last batch (searches as of it include them)."""
@@ -189,7 +193,7 @@ class MilvusIndex:
     def _insert(self, rows: list[dict[str, Any]]) -> int:
         # MilvusClient.insert drops the mutation's timestamp; the connection under it returns it
         # (pymilvus is pinned; tests/test_milvus_server.py fails if this stops carrying it).
-        result = self._client._get_connection().insert_rows(self._name, rows)
+        result = self._client._get_connection().insert_rows(self._name, rows, **self._connection.call_timeout)
         return int(getattr(result, "timestamp", 0) or 0)
 
     def remove(self, collection_pk: int, ids: NDArray[np.int64]) -> None:
@@ -200,16 +204,16 @@ class MilvusIndex:
 
     def delete_pks(self, pks: list[int]) -> None:
         """Delete by primary key (at most ``MAX_WINDOW`` at a time), whatever collection they are in."""
-        self._write(lambda: self._client.delete(self._name, ids=pks))
+        self._write(lambda: self._client.delete(self._name, ids=pks, **self._connection.call_timeout))
 
     def _write(self, call: Callable[[], T]) -> T:
         """A write with a few quick retries; then 503 (the store already holds it: repaired later)."""
         for attempt, pause in enumerate((*_WRITE_RETRIES, None)):
             try:
                 return call()
-            except MilvusException as exc:
+            except ENGINE_ERRORS as exc:
+                self._connection.reconnect_soon(exc)
                 if pause is None:
-                    self._connection.reconnect_soon(exc)
                     raise VectorEngineUnavailable("The vector engine did not accept the change.") from exc
                 logger.warning("Milvus write failed (attempt %d): %s; retrying", attempt + 1, exc)
                 time.sleep(pause)
@@ -235,8 +239,9 @@ class MilvusIndex:
                 output_fields=[],
                 search_params={"metric_type": "IP", "params": self._ann.search_params(k)},
                 **consistency,
+                **self._connection.call_timeout,
             )
-        except MilvusException as exc:
+        except ENGINE_ERRORS as exc:
             self._connection.reconnect_soon(exc)
             raise VectorEngineUnavailable("The vector engine did not answer the search.") from exc
         width = max((len(hits) for hits in results), default=0)
@@ -268,9 +273,14 @@ class MilvusIndex:
         extra: dict[str, Any] = {} if limit is None else {"limit": limit}
         try:
             rows = self._client.query(
-                self._name, filter=expr, output_fields=fields, consistency_level="Strong", **extra
+                self._name,
+                filter=expr,
+                output_fields=fields,
+                consistency_level="Strong",
+                **extra,
+                **self._connection.call_timeout,
             )
-        except MilvusException as exc:
+        except ENGINE_ERRORS as exc:
             self._connection.reconnect_soon(exc)
             raise VectorEngineUnavailable("The vector engine did not answer.") from exc
         return list(rows)
@@ -308,7 +318,7 @@ class MilvusIndex:
 
     def flush(self) -> None:
         """Seal growing segments (after a bulk load); Milvus also does this by itself over time."""
-        self._client.flush(self._name)
+        self._client.flush(self._name, **self._connection.call_timeout)
 
     def destroy(self) -> None:
         """Drop the whole Milvus collection, every face collection in it (benchmarks, tests)."""
