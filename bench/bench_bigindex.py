@@ -1,5 +1,5 @@
-"""Big galleries on real faces: the compressed index (IVF-SQ8 + exact re-ranking) against the exact
-scan, and coalesced exact scans under concurrency.
+"""Big galleries on real faces: the compressed index (PQ4 fast scan or IVF-SQ8, then exact re-ranking)
+against the exact scan, and coalesced exact scans under concurrency.
 
 Gallery: every LFW photo's SFace embedding (the service's own front end, as ``bench_milvus_ann``;
 cached under ``runs/ann/``) minus the probes, then synthetic distractors up to the size. Distractors
@@ -170,6 +170,7 @@ class Setting:
     """One search setting measured on the loaded snapshot."""
 
     nprobe: int
+    rerank: int
     one_client: LatencyStats
     four_clients: LatencyStats
     four_clients_qps: float
@@ -229,10 +230,14 @@ def run_clients(
 
 
 def serve_snapshot(
-    index_path: str, params: CompressedParams, nprobes: list[int], probes: NDArray[np.float32], out: Any
+    index_path: str,
+    params: CompressedParams,
+    sweep: list[tuple[int, int]],
+    probes: NDArray[np.float32],
+    out: Any,
 ) -> None:
-    """In a fresh process: load the snapshot; per nprobe, every probe at 4 clients (answers kept) and
-    300 at 1 client; then 200 one-face enrollments; report."""
+    """In a fresh process: load the snapshot; per (nprobe, rerank), every probe at 4 clients (answers
+    kept) and 300 at 1 client; then 200 one-face enrollments; report."""
     faiss.omp_set_num_threads(1)
     limit_blas_threads(1)
     anon0, file0 = _rss()
@@ -240,8 +245,8 @@ def serve_snapshot(
     index, _ = CompressedCollectionIndex.load(Path(index_path), DIM, params)
     ready_s = time.perf_counter() - t0
     settings: list[Setting] = []
-    for nprobe in nprobes:
-        index.tune(nprobe=nprobe, rerank=params.rerank)
+    for nprobe, rerank in sweep:
+        index.tune(nprobe=nprobe, rerank=rerank)
         index.search(probes[:20], K)  # warm-up
         one, _, _ = run_clients(lambda q: index.search(q, K), probes[:300], 1)
         four, wall, hits = run_clients(lambda q: index.search(q, K), probes, 4)
@@ -250,6 +255,7 @@ def serve_snapshot(
         settings.append(
             Setting(
                 nprobe,
+                rerank,
                 LatencyStats.from_seconds(one),
                 LatencyStats.from_seconds(four),
                 len(probes) / wall,
@@ -429,9 +435,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="1M", help="gallery sizes, e.g. 1M,10M")
     parser.add_argument("--genuine", type=int, default=1000, help="held-out photos of enrolled people")
     parser.add_argument("--strangers", type=int, default=500, help="people with no photo in the gallery")
-    parser.add_argument("--codec", choices=["SQ8", "fp16"], default="SQ8")
-    parser.add_argument("--nprobe", default="32", help="cells scanned per query; several: 16,64")
-    parser.add_argument("--rerank", type=int, default=256)
+    parser.add_argument("--codec", choices=["PQ4", "SQ8", "fp16"], default="PQ4")
+    parser.add_argument("--nprobe", default="128", help="IVF codecs: cells scanned per query; several: 16,64")
+    parser.add_argument("--rerank", default="256", help="candidates re-ranked exactly; several: 256,1024")
     parser.add_argument("--nlist", type=int, default=0, help="0: default_nlist(size)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the 32-query burst")
     parser.add_argument("--no-exact", action="store_true", help="skip the exact index row and burst")
@@ -466,9 +472,11 @@ def main(argv: list[str] | None = None) -> None:
     bursts: list[Burst] = []
     try:
         for size in parse_counts(args.sizes):
-            nprobes = [int(n) for n in args.nprobe.split(",")]
+            nprobes = [int(n) for n in args.nprobe.split(",")] if args.codec != "PQ4" else [0]
+            reranks = [int(n) for n in args.rerank.split(",")]
+            sweep = [(nprobe, rerank) for nprobe in nprobes for rerank in reranks]
             params = CompressedParams(
-                codec=args.codec, nlist=args.nlist, nprobe=nprobes[0], rerank=args.rerank
+                codec=args.codec, nlist=args.nlist, nprobe=max(1, nprobes[0]), rerank=reranks[0]
             )
             print(f"{fmt_count(size)}: building the compressed index ...", flush=True)
             faiss.omp_set_num_threads(2)  # the build may use both cores (the service trains in a thread)
@@ -498,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
             ctx = multiprocessing.get_context("spawn")
             queue = ctx.Queue()
             child = ctx.Process(
-                target=serve_snapshot, args=(str(snapshot), params, nprobes, probes.vectors, queue)
+                target=serve_snapshot, args=(str(snapshot), params, sweep, probes.vectors, queue)
             )
             child.start()
             served = queue.get(timeout=3600)
@@ -510,8 +518,16 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(
                     Row(
                         size=size,
-                        index=f"compressed IVF-{args.codec} + exact re-rank",
-                        params=f"nlist={nlist} nprobe={setting['nprobe']} rerank={args.rerank}",
+                        index=(
+                            "compressed PQ4 fast scan + exact re-rank"
+                            if args.codec == "PQ4"
+                            else f"compressed IVF-{args.codec} + exact re-rank"
+                        ),
+                        params=(
+                            f"64×4-bit PQ, rerank={setting['rerank']}"
+                            if args.codec == "PQ4"
+                            else f"nlist={nlist} nprobe={setting['nprobe']} rerank={setting['rerank']}"
+                        ),
                         build_s=build_s,
                         add_rate=size / build_s,
                         ready_s=served["ready_s"],

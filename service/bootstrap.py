@@ -92,6 +92,7 @@ def build_vector_index(settings: Settings, store: FaceStore, dim: int) -> Vector
             nlist=settings.compressed_index_nlist,
             nprobe=settings.compressed_index_nprobe,
             rerank=settings.compressed_index_rerank,
+            shards=settings.compressed_index_shards,
         ),
     )
 

@@ -73,14 +73,15 @@ class Settings(BaseSettings):
     # Identify calls on one collection that arrive while a scan runs are answered together by one
     # pass (a matrix product) once this many query rows wait; fewer keep FAISS's per-query scan.
     search_min_block: int = Field(default=3, ge=2, le=4096)
-    # A collection with at least this many faces is served by the compressed index (IVF over 8-bit
-    # codes, candidates re-ranked with the exact vectors; its answers differ from the exact scan's on
-    # some probes: README "Big collections"); 0 = always exact.
-    compressed_index_min_faces: int = Field(default=4_000_000, ge=0)
-    compressed_index_codec: Literal["SQ8", "fp16"] = "SQ8"
-    compressed_index_nlist: int = Field(default=0, ge=0, le=65_536)  # 0: from the size at training
-    compressed_index_nprobe: int = Field(default=128, ge=1, le=65_536)  # cells scanned per query
-    compressed_index_rerank: int = Field(default=256, ge=1, le=100_000)  # candidates re-ranked exactly
+    # A collection with at least this many faces is served by the compressed index (4-bit PQ fast
+    # scan of every face, or an IVF over 8-bit codes; candidates re-ranked with the exact vectors:
+    # README "Big collections"); 0 = always exact.
+    compressed_index_min_faces: int = Field(default=1_000_000, ge=0)
+    compressed_index_codec: Literal["PQ4", "SQ8", "fp16"] = "PQ4"
+    compressed_index_nlist: int = Field(default=0, ge=0, le=65_536)  # IVF codecs; 0: from the size
+    compressed_index_nprobe: int = Field(default=128, ge=1, le=65_536)  # IVF codecs: cells per query
+    compressed_index_rerank: int = Field(default=1024, ge=1, le=100_000)  # candidates re-ranked exactly
+    compressed_index_shards: int = Field(default=2, ge=1, le=64)  # PQ4: scans side by side per query
 
     # Vector engine: "faiss" (embedded, one index per process, the default) or "milvus" (shared by
     # every API replica; pip install -e ".[milvus]"). The store stays the source of truth for both.

@@ -1,18 +1,18 @@
-"""A compressed index for big collections: IVF over 8-bit (or fp16) scalar-quantised codes, re-ranked
-with the exact vectors, so every returned similarity is the exact fp32 inner product.
+"""A compressed index for big collections: compact codes nominate candidates, which are re-ranked with
+the exact vectors, so every returned similarity is the exact fp32 inner product.
 
 Why: an exact scan streams all N×128×4 bytes per query (1M faces: 512 MB, ~40 ms on one core; 10M:
-~400 ms and 4.9 GiB of RAM). Here a query scans ``nprobe`` of ``nlist`` k-means cells of 128-byte
-codes (1/4 of fp32), takes the ``rerank`` best approximate candidates and computes their exact
-inner products from the fp32 vectors, which live in a file next to the snapshot and are read through
-a read-only memory map: only the few pages re-ranking touches become resident (file-backed, evictable
-memory), so a 10M collection holds ~1.3 GB of codes in RAM, not 4.9 GB of vectors.
+~400 ms and 4.9 GiB of RAM). Here a query scans compact codes (``candidate_codes``: 4-bit PQ fast
+scan by default, 32 bytes a face; or an IVF over 8-bit codes), takes the ``rerank`` best approximate
+candidates and computes their exact inner products from the fp32 vectors, which live in a file next
+to the snapshot and are read through a read-only memory map: only the few pages re-ranking touches
+become resident (file-backed, evictable memory), so a 10M collection holds ~0.3 GB of codes in RAM,
+not 4.9 GB of vectors.
 
-The IVF's ids are row positions in the vector file; ``_pks`` maps a position to the face pk (−1:
+The codes' labels are row positions in the vector file; ``_pks`` maps a position to the face pk (−1:
 deleted). A delete is a tombstone (O(1), never a scan of every list); the rows are dropped for good
 when the index is rebuilt (``compact``: the registry rebuilds when tombstones pass a quarter).
-The vector file and the position/pk maps are in ``exact_vectors``, k-means and bulk adds in
-``ivf_training``.
+The vector file and the position/pk maps are in ``exact_vectors``.
 """
 
 from __future__ import annotations
@@ -24,31 +24,30 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import faiss
 import numpy as np
 from numpy.typing import NDArray
 
 from service.index.base import IndexInfo, ReadWriteLock, SearchHits, as_unit_rows, no_hits
+from service.index.candidate_codes import CandidateCodes, Codec, read_codes, train_codes
 from service.index.exact_vectors import ExactVectors, GrowableInt64, PkMap
-from service.index.ivf_training import CODECS, add_assigned, default_nlist, new_ivf, train_ivf
+from service.index.ivf_training import default_nlist
 
 logger = logging.getLogger(__name__)
-
-Codec = Literal["SQ8", "fp16"]
 
 
 @dataclass(frozen=True, slots=True)
 class CompressedParams:
     """How the compressed index is built and searched (``Settings.compressed_index_*``)."""
 
-    codec: Codec = "SQ8"
-    nlist: int = 0  # 0: default_nlist(size at training)
-    nprobe: int = 128
-    rerank: int = 256  # approximate candidates re-ranked exactly per query (at least 4×k)
+    codec: Codec = "PQ4"
+    nlist: int = 0  # IVF codecs: 0 = default_nlist(size at training)
+    nprobe: int = 128  # IVF codecs: cells scanned per query
+    rerank: int = 1024  # approximate candidates re-ranked exactly per query (at least 4×k)
     train_sample: int = 100_000  # vectors k-means trains on (at least 39×nlist are used)
     train_iterations: int = 10
+    shards: int = 2  # PQ4: codes scanned side by side per query (use the cores a lone query leaves idle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +63,14 @@ class CompressedManifest:
 
 
 class CompressedCollectionIndex:
-    """IVF-SQ codes + exact re-ranking for one collection; thread-safe, searches run concurrently."""
+    """Candidate codes + exact re-ranking for one collection; thread-safe, searches run concurrently."""
 
     kind = "compressed"
 
     def __init__(
         self,
         dim: int,
-        ivf: Any,
+        codes: CandidateCodes,
         vectors: ExactVectors,
         pks: NDArray[np.int64],
         params: CompressedParams,
@@ -82,8 +81,8 @@ class CompressedCollectionIndex:
         self.dim = dim
         self.params = params
         self.trained_on = trained_on
-        self._ivf: Any = ivf
-        self._ivf.nprobe = min(params.nprobe, int(ivf.nlist))
+        self._codes = codes
+        self._codes.tune(params.nprobe)
         self._vectors = vectors
         self._pks = GrowableInt64(pks)
         self._live = int(np.count_nonzero(pks >= 0))
@@ -104,7 +103,7 @@ class CompressedCollectionIndex:
         search_threads: int = 1,
         seed: int = 0,
     ) -> CompressedCollectionIndex:
-        """Streams ``batches`` into the vector file, trains k-means on a sample, then adds the codes.
+        """Streams ``batches`` into the vector file, trains the codes on a sample, then adds them.
 
         Memory stays at one batch plus the sample plus the codes: the vectors go to the file first."""
         started = time.perf_counter()
@@ -116,19 +115,26 @@ class CompressedCollectionIndex:
                 pk_parts.append(np.asarray(ids, dtype=np.int64))
         pks = np.concatenate(pk_parts) if pk_parts else np.zeros(0, dtype=np.int64)
         n = len(pks)
-        nlist = params.nlist or default_nlist(n)
+        nlist = (params.nlist or default_nlist(n)) if params.codec != "PQ4" else 0
         sample_size = min(n, max(params.train_sample, 39 * nlist))
         rng = np.random.default_rng(seed)
         sample_rows = np.sort(rng.choice(n, size=sample_size, replace=False)) if n else np.zeros(0, np.int64)
         sample = vectors.take(sample_rows) if n else np.zeros((0, dim), dtype=np.float32)
-        ivf = new_ivf(dim, nlist, params.codec)
-        train_ivf(ivf, sample, params.train_iterations, seed)
+        codes = train_codes(
+            params.codec,
+            dim,
+            sample,
+            nlist=nlist,
+            iterations=params.train_iterations,
+            seed=seed,
+            shards=params.shards,
+        )
         del sample
         trained_s = time.perf_counter() - started
         chunk = 65_536
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
-            add_assigned(ivf, vectors.read(start, stop), np.arange(start, stop, dtype=np.int64))
+            codes.bulk_add(vectors.read(start, stop), np.arange(start, stop, dtype=np.int64))
         logger.info(
             "compressed index: %d faces, %s nlist=%d trained on %d in %.1fs, built in %.1fs",
             n,
@@ -138,7 +144,7 @@ class CompressedCollectionIndex:
             trained_s,
             time.perf_counter() - started,
         )
-        return cls(dim, ivf, vectors, pks, params, trained_on=sample_size, search_threads=search_threads)
+        return cls(dim, codes, vectors, pks, params, trained_on=sample_size, search_threads=search_threads)
 
     # -- VectorIndex per collection ------------------------------------------------------------
 
@@ -158,7 +164,7 @@ class CompressedCollectionIndex:
         with self._lock.write():
             self._drop(ids)  # re-adding a pk replaces its vector, as the flat IndexIDMap2 would not: be safe
             positions = self._vectors.append(rows)
-            self._ivf.add_with_ids(rows, positions)
+            self._codes.add(rows, positions)
             self._pks.extend(ids)
             self._by_pk.add(ids, positions)
             self._live += len(ids)
@@ -189,7 +195,7 @@ class CompressedCollectionIndex:
             wanted = max(self.params.rerank, 4 * k)
             wanted = min(self._vectors.rows, int(wanted / max(0.25, 1.0 - dead_share)) + 1)
             faiss.omp_set_num_threads(self._search_threads)
-            _, positions = self._ivf.search(queries, wanted)
+            positions = self._codes.search(queries, wanted)
             pks_by_position = self._pks.values
             sims_out = np.full((len(queries), k), -np.inf, dtype=np.float32)
             ids_out = np.full((len(queries), k), -1, dtype=np.int64)
@@ -209,7 +215,7 @@ class CompressedCollectionIndex:
         """Change the search parameters (no rebuild: they only decide how much of the codes is read)."""
         with self._lock.write():
             self.params = dataclasses.replace(self.params, nprobe=nprobe, rerank=rerank)
-            self._ivf.nprobe = min(nprobe, int(self._ivf.nlist))
+            self._codes.tune(nprobe)
 
     def ids(self) -> NDArray[np.int64]:
         with self._lock.read():
@@ -222,9 +228,7 @@ class CompressedCollectionIndex:
             state="ready",
             faces=self._live,
             params={
-                "codec": self.params.codec,
-                "nlist": int(self._ivf.nlist),
-                "nprobe": int(self._ivf.nprobe),
+                **self._codes.params(),
                 "rerank": self.params.rerank,
                 "trained_on": self.trained_on,
                 "tombstones": self.tombstones,
@@ -239,7 +243,7 @@ class CompressedCollectionIndex:
         with self._lock.read():
             self._vectors.flush()
             tmp = index_path.with_suffix(".tmp")
-            faiss.write_index(self._ivf, str(tmp))
+            self._codes.write(tmp)
             tmp.replace(index_path)
             pks_path = index_path.with_suffix(".pks.npy")
             tmp_pks = pks_path.with_suffix(".tmp.npy")
@@ -258,8 +262,8 @@ class CompressedCollectionIndex:
                 self._live,
                 self._vectors.rows,
                 self.dim,
-                self.params.codec,
-                int(self._ivf.nlist),
+                self._codes.codec,
+                self._codes.nlist,
                 self._vectors.path.name,
             )
 
@@ -281,17 +285,17 @@ class CompressedCollectionIndex:
         manifest = CompressedManifest(**raw)
         if manifest.dim != dim:
             raise ValueError(f"snapshot dim {manifest.dim} != model dim {dim}")
-        ivf = faiss.read_index(str(index_path))
+        codes = read_codes(manifest.codec, index_path, nprobe=params.nprobe)
         pks = np.load(index_path.with_suffix(".pks.npy"))
-        if len(pks) != manifest.rows or int(ivf.ntotal) != manifest.rows:
+        if len(pks) != manifest.rows or codes.ntotal != manifest.rows:
             raise ValueError("compressed snapshot: codes, pks and manifest disagree")
         vectors = ExactVectors(index_path.parent / manifest.vectors_file, dim, rows=manifest.rows)
         loaded = cls(
             dim,
-            ivf,
+            codes,
             vectors,
             np.asarray(pks, dtype=np.int64),
-            _with_codec(params, manifest.codec),
+            dataclasses.replace(params, codec=codes.codec),  # type: ignore[arg-type]
             trained_on=trained_on,
             search_threads=search_threads,
         )
@@ -300,16 +304,3 @@ class CompressedCollectionIndex:
     def discard(self) -> None:
         """This index was replaced or dropped: its vector file goes (open maps stay readable)."""
         self._vectors.discard()
-
-
-def _with_codec(params: CompressedParams, codec: str) -> CompressedParams:
-    if codec not in CODECS:
-        raise ValueError(f"unknown codec {codec}")
-    return CompressedParams(
-        codec="SQ8" if codec == "SQ8" else "fp16",
-        nlist=params.nlist,
-        nprobe=params.nprobe,
-        rerank=params.rerank,
-        train_sample=params.train_sample,
-        train_iterations=params.train_iterations,
-    )

@@ -5,6 +5,7 @@ scalar quantiser, and bulk adds with the cells assigned by matrix products.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -82,3 +83,51 @@ def add_assigned(ivf: Any, vectors: NDArray[np.float32], ids: NDArray[np.int64])
     cells = assign_cells(centroids, vectors)
     ivf.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(cells))
     ivf.ntotal = int(ivf.ntotal)  # add_core updates ntotal itself; read back for clarity
+
+
+class IvfScalarCodes:
+    """``candidate_codes.CandidateCodes`` over an IVF of scalar-quantised codes (ids: row positions)."""
+
+    def __init__(self, codec: str, ivf: Any, *, nprobe: int) -> None:
+        self.codec = codec
+        self._ivf = ivf
+        self._ivf.nprobe = min(nprobe, int(ivf.nlist))
+
+    @classmethod
+    def train(
+        cls, dim: int, codec: str, sample: NDArray[np.float32], *, nlist: int, iterations: int, seed: int
+    ) -> IvfScalarCodes:
+        ivf = new_ivf(dim, nlist, codec)
+        train_ivf(ivf, sample, iterations, seed)
+        return cls(codec, ivf, nprobe=1)
+
+    @classmethod
+    def read(cls, codec: str, path: Path, *, nprobe: int) -> IvfScalarCodes:
+        return cls(codec, faiss.read_index(str(path)), nprobe=nprobe)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._ivf.ntotal)
+
+    @property
+    def nlist(self) -> int:
+        return int(self._ivf.nlist)
+
+    def add(self, vectors: NDArray[np.float32], positions: NDArray[np.int64]) -> None:
+        self._ivf.add_with_ids(vectors, positions)
+
+    def bulk_add(self, vectors: NDArray[np.float32], positions: NDArray[np.int64]) -> None:
+        add_assigned(self._ivf, vectors, positions)
+
+    def search(self, queries: NDArray[np.float32], wanted: int) -> NDArray[np.int64]:
+        _, positions = self._ivf.search(queries, wanted)
+        return np.asarray(positions, dtype=np.int64)
+
+    def tune(self, nprobe: int) -> None:
+        self._ivf.nprobe = min(nprobe, self.nlist)
+
+    def params(self) -> dict[str, int | str]:
+        return {"codec": self.codec, "nlist": self.nlist, "nprobe": int(self._ivf.nprobe)}
+
+    def write(self, path: Path) -> None:
+        faiss.write_index(self._ivf, str(path))
