@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     compressed_index_codec: Literal["PQ4", "SQ8", "fp16"] = "PQ4"
     compressed_index_nlist: int = Field(default=0, ge=0, le=65_536)  # IVF codecs; 0: from the size
     compressed_index_nprobe: int = Field(default=128, ge=1, le=65_536)  # IVF codecs: cells per query
-    compressed_index_rerank: int = Field(default=1024, ge=1, le=100_000)  # candidates re-ranked exactly
+    compressed_index_rerank: int = Field(default=256, ge=1, le=100_000)  # candidates re-ranked exactly
     compressed_index_shards: int = Field(default=2, ge=1, le=64)  # PQ4: scans side by side per query
 
     # Vector engine: "faiss" (embedded, one index per process, the default) or "milvus" (shared by

@@ -44,7 +44,7 @@ class CompressedParams:
     codec: Codec = "PQ4"
     nlist: int = 0  # IVF codecs: 0 = default_nlist(size at training)
     nprobe: int = 128  # IVF codecs: cells scanned per query
-    rerank: int = 1024  # approximate candidates re-ranked exactly per query (at least 4×k)
+    rerank: int = 256  # approximate candidates re-ranked exactly per query (at least 4×k)
     train_sample: int = 100_000  # vectors k-means trains on (at least 39×nlist are used)
     train_iterations: int = 10
     shards: int = 2  # PQ4: codes scanned side by side per query (use the cores a lone query leaves idle)
