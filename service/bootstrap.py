@@ -86,6 +86,7 @@ def build_vector_index(settings: Settings, store: FaceStore, dim: int) -> Vector
         use_gpu=settings.use_gpu_index,
         search_threads=settings.search_threads,
         min_block=settings.search_min_block,
+        block_threads=settings.search_block_threads,
         compressed_min_faces=settings.compressed_index_min_faces,
         compressed=CompressedParams(
             codec=settings.compressed_index_codec,

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     # Identify calls on one collection that arrive while a scan runs are answered together by one
     # pass (a matrix product) once this many query rows wait; fewer keep FAISS's per-query scan.
     search_min_block: int = Field(default=3, ge=2, le=4096)
+    # Threads one such pass is split over (each its own slabs on one BLAS thread, results merged): the
+    # pass is compute-bound and every caller in it is waiting (README "Big collections").
+    search_block_threads: int = Field(default=2, ge=1, le=256)
     # A collection with at least this many faces is served by the compressed index (4-bit PQ fast
     # scan of every face, or an IVF over 8-bit codes; candidates re-ranked with the exact vectors:
     # README "Big collections"); 0 = always exact.

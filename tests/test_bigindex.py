@@ -53,9 +53,12 @@ def _brute(
     return np.take_along_axis(sims, order, axis=1), ids[order]
 
 
-def test_concurrent_identify_calls_are_scanned_together_with_the_lone_answers(lfw: LfwGallery) -> None:
-    ids, vectors = _gallery(lfw, 20_000)
-    index = CollectionIndex(128, min_block=2)
+@pytest.mark.parametrize("block_threads", [1, 3])
+def test_concurrent_identify_calls_are_scanned_together_with_the_lone_answers(
+    lfw: LfwGallery, block_threads: int
+) -> None:
+    ids, vectors = _gallery(lfw, 40_000)  # 3 slabs: a block split over 3 threads, heaps merged
+    index = CollectionIndex(128, min_block=2, block_threads=block_threads)
     index.add(ids, vectors)
     probes = _probes(lfw)
     lone = [index.search(probes[i : i + 1], 10) for i in range(len(probes))]

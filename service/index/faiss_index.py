@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from service.index.base import EmbeddingSource, IndexInfo, ReconcileReport, SearchHits, no_hits
 from service.index.compressed_index import CompressedCollectionIndex, CompressedParams
-from service.index.flat_index import DEFAULT_MIN_BLOCK, CollectionIndex, gpu_available
+from service.index.flat_index import DEFAULT_BLOCK_THREADS, DEFAULT_MIN_BLOCK, CollectionIndex, gpu_available
 from service.index.snapshots import AnyCollectionIndex, SnapshotDir, discard_replaced
 
 __all__ = ["IndexRegistry"]
@@ -66,12 +66,14 @@ class IndexRegistry:
         use_gpu: bool = False,
         search_threads: int = 1,
         min_block: int = DEFAULT_MIN_BLOCK,
+        block_threads: int = DEFAULT_BLOCK_THREADS,
         compressed_min_faces: int = DEFAULT_COMPRESSED_MIN_FACES,
         compressed: CompressedParams | None = None,
     ) -> None:
         self._store = store
         self._search_threads = search_threads
         self._min_block = min_block
+        self._block_threads = block_threads
         self._compressed_min_faces = compressed_min_faces
         self._compressed = compressed or CompressedParams()
         self._dim = dim
@@ -198,6 +200,7 @@ class IndexRegistry:
                 use_gpu=self._use_gpu,
                 search_threads=self._search_threads,
                 min_block=self._min_block,
+                block_threads=self._block_threads,
             ),
         )
         if loaded_exact is not None:
@@ -348,5 +351,9 @@ class IndexRegistry:
 
     def _new_index(self) -> CollectionIndex:
         return CollectionIndex(
-            self._dim, use_gpu=self._use_gpu, search_threads=self._search_threads, min_block=self._min_block
+            self._dim,
+            use_gpu=self._use_gpu,
+            search_threads=self._search_threads,
+            min_block=self._min_block,
+            block_threads=self._block_threads,
         )

@@ -7,6 +7,7 @@ The registry (``faiss_index.IndexRegistry``) keeps one per collection below the 
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ def gpu_available() -> bool:
 # one block matrix product costs about as much as two or three single scans (bench_bigindex).
 DEFAULT_MIN_BLOCK = 3
 _BLOCK_ROWS = 16_384  # gallery rows per matrix product: the (queries × rows) scores stay in cache
+# Threads a coalesced block is split over (each its own slabs, on one BLAS thread, heaps merged): a
+# block is compute-bound, and the callers it answers are all waiting for it.
+DEFAULT_BLOCK_THREADS = 2
 
 
 @functools.cache
@@ -52,10 +56,13 @@ class CollectionIndex:
         index: faiss.Index | None = None,
         search_threads: int = 1,
         min_block: int = DEFAULT_MIN_BLOCK,
+        block_threads: int = DEFAULT_BLOCK_THREADS,
     ) -> None:
         self.dim = dim
         self._search_threads = search_threads
         self._min_block = min_block
+        self._block_threads = max(1, block_threads)
+        self._block_pool: ThreadPoolExecutor | None = None  # made by the first block that needs it
         self._queue = QueryCoalescer()
         limit_blas_threads(search_threads)
         # Typed Any: faiss's SWIG wrappers accept numpy arrays its stubs don't declare.
@@ -117,26 +124,30 @@ class CollectionIndex:
 
     def _block_scan(self, queries: NDArray[np.float32], k: int) -> SearchHits:
         """Every query against the gallery in one pass: a (queries × rows) matrix product per slab of
-        rows, each slab's scores pushed into per-query top-k heaps (FAISS's C++ heaps).
+        rows, each slab's scores pushed into per-query top-k heaps (FAISS's C++ heaps). The slabs are
+        split over ``block_threads`` threads (numpy releases the GIL), whose heaps are then merged.
 
         Callers hold the read lock: the views below point into FAISS's own storage."""
         n = self.ntotal
         flat: Any = faiss.downcast_index(self._index.index)
         gallery = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
         positions_to_ids = faiss.rev_swig_ptr(self._index.id_map.data(), n)
-        nq = len(queries)
-        best_sims = np.empty((nq, k), dtype=np.float32)
-        best_positions = np.empty((nq, k), dtype=np.int64)
-        heaps: Any = faiss.float_minheap_array_t()  # keeps the k largest inner products
-        heaps.nh, heaps.k = nq, k
-        heaps.val, heaps.ids = faiss.swig_ptr(best_sims), faiss.swig_ptr(best_positions)
-        heaps.heapify()
-        scores = np.empty((nq, _BLOCK_ROWS), dtype=np.float32)
-        for start in range(0, n, _BLOCK_ROWS):
-            rows = min(_BLOCK_ROWS, n - start)
-            out = scores if rows == _BLOCK_ROWS else np.empty((nq, rows), dtype=np.float32)
-            np.matmul(queries, gallery[start : start + rows].T, out=out)
-            heaps.addn(rows, faiss.swig_ptr(out), start, 0, nq)
+        slabs = -(-n // _BLOCK_ROWS)
+        parts = min(self._block_threads, slabs)
+        cuts = [(slabs * i // parts) * _BLOCK_ROWS for i in range(parts)] + [n]
+        if parts == 1:
+            best_sims, best_positions, heaps = _top_k(queries, gallery, 0, n, k)
+        else:
+            if self._block_pool is None:
+                self._block_pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="block-scan")
+            others = [
+                self._block_pool.submit(_top_k, queries, gallery, cuts[i], cuts[i + 1], k)
+                for i in range(1, parts)
+            ]
+            best_sims, best_positions, heaps = _top_k(queries, gallery, cuts[0], cuts[1], k)
+            for future in others:
+                sims, positions, _ = future.result()
+                heaps.addn_with_ids(k, faiss.swig_ptr(sims), faiss.swig_ptr(positions), k, 0, len(queries))
         heaps.reorder()  # best first
         ids = np.where(best_positions >= 0, positions_to_ids[np.clip(best_positions, 0, None)], -1)
         return best_sims, np.ascontiguousarray(ids, dtype=np.int64)
@@ -171,11 +182,13 @@ class CollectionIndex:
             return np.array(ids[start:stop], dtype=np.int64), np.array(gallery[start:stop], dtype=np.float32)
 
     def info(self) -> IndexInfo:
-        params: dict[str, int | str] = {"min_block": self._min_block}
+        params: dict[str, int | str] = {"min_block": self._min_block, "block_threads": self._block_threads}
         return IndexInfo(kind=self.kind, state="ready", faces=self.ntotal, params=params)
 
     def close(self) -> None:
-        """Nothing to release (the compressed index closes its vector file)."""
+        """The block threads, if any block was ever split."""
+        if self._block_pool is not None:
+            self._block_pool.shutdown(wait=False)
 
     def save(self, path: Path) -> None:
         """Atomic snapshot: write a temp file, then rename over the old one."""
@@ -193,8 +206,37 @@ class CollectionIndex:
         use_gpu: bool = False,
         search_threads: int = 1,
         min_block: int = DEFAULT_MIN_BLOCK,
+        block_threads: int = DEFAULT_BLOCK_THREADS,
     ) -> CollectionIndex:
         index = faiss.read_index(str(path))
         if index.d != dim:
             raise ValueError(f"snapshot dim {index.d} != model dim {dim}")
-        return cls(dim, use_gpu=use_gpu, index=index, search_threads=search_threads, min_block=min_block)
+        return cls(
+            dim,
+            use_gpu=use_gpu,
+            index=index,
+            search_threads=search_threads,
+            min_block=min_block,
+            block_threads=block_threads,
+        )
+
+
+def _top_k(
+    queries: NDArray[np.float32], gallery: NDArray[np.float32], start: int, stop: int, k: int
+) -> tuple[NDArray[np.float32], NDArray[np.int64], Any]:
+    """The k largest inner products of each query over gallery rows [start, stop), slab by slab:
+    (similarities, positions, the FAISS heap array over them, not yet reordered)."""
+    nq = len(queries)
+    best_sims = np.empty((nq, k), dtype=np.float32)
+    best_positions = np.empty((nq, k), dtype=np.int64)
+    heaps: Any = faiss.float_minheap_array_t()  # keeps the k largest inner products
+    heaps.nh, heaps.k = nq, k
+    heaps.val, heaps.ids = faiss.swig_ptr(best_sims), faiss.swig_ptr(best_positions)
+    heaps.heapify()
+    scores = np.empty((nq, _BLOCK_ROWS), dtype=np.float32)
+    for first in range(start, stop, _BLOCK_ROWS):
+        rows = min(_BLOCK_ROWS, stop - first)
+        out = scores if rows == _BLOCK_ROWS else np.empty((nq, rows), dtype=np.float32)
+        np.matmul(queries, gallery[first : first + rows].T, out=out)
+        heaps.addn(rows, faiss.swig_ptr(out), first, 0, nq)
+    return best_sims, best_positions, heaps
