@@ -233,6 +233,8 @@ def _calibrate(raw: dict[str, Any]) -> list[tuple[str, str]]:
 def _hostile(raw: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for run in raw.get("runs", []):
+        if "idle" not in run:  # the --faults / --engine-outage reports: tables of their own, no headline
+            continue
         five = sum(c["server_errors"] for c in run["cases"])
         idle, loaded = run["idle"], run["loaded"]
         rows.append(

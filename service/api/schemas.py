@@ -119,7 +119,9 @@ class VerifyThresholdOut(BaseModel):
 class IndexOut(BaseModel):
     """Which vector index serves the collection's searches (distances are exact either way)."""
 
-    kind: str = Field(description="exact (flat scan), compressed (IVF codes re-ranked exactly), or Milvus's")
+    kind: str = Field(
+        description="exact (flat scan), compressed (PQ4 or IVF codes, re-ranked exactly), or Milvus's"
+    )
     state: Literal["ready", "building"] = Field(
         description="building: a compressed index trains in the background; the current one serves"
     )
