@@ -51,14 +51,7 @@ class IdempotencyRepository:
                     insert(keys).values(
                         caller=caller,
                         idem_key=key,
-                        fingerprint=fingerprint,
-                        token=token,
-                        state=IN_FLIGHT,
-                        status=None,
-                        body=None,
-                        created_ms=now_ms,
-                        lease_until_ms=now_ms + lease_ms,
-                        expires_ms=now_ms + ttl_ms,
+                        **_fresh_claim(fingerprint, token, now_ms, lease_ms, ttl_ms),
                     )
                 )
         except IntegrityError:
@@ -96,16 +89,7 @@ class IdempotencyRepository:
             result = conn.execute(
                 update(keys)
                 .where(keys.c.caller == caller, keys.c.idem_key == key, keys.c.token == old_token)
-                .values(
-                    fingerprint=fingerprint,
-                    token=token,
-                    state=IN_FLIGHT,
-                    status=None,
-                    body=None,
-                    created_ms=now_ms,
-                    lease_until_ms=now_ms + lease_ms,
-                    expires_ms=now_ms + ttl_ms,
-                )
+                .values(**_fresh_claim(fingerprint, token, now_ms, lease_ms, ttl_ms))
             )
             return bool(result.rowcount == 1)
 
@@ -143,3 +127,17 @@ class IdempotencyRepository:
         with self._engine.begin() as conn:
             result = conn.execute(delete(keys).where(keys.c.expires_ms <= now_ms))
             return int(result.rowcount or 0)
+
+
+def _fresh_claim(fingerprint: str, token: str, now_ms: int, lease_ms: int, ttl_ms: int) -> dict[str, object]:
+    """The columns of a claim just made: in flight, no answer yet, leased and expiring from now."""
+    return {
+        "fingerprint": fingerprint,
+        "token": token,
+        "state": IN_FLIGHT,
+        "status": None,
+        "body": None,
+        "created_ms": now_ms,
+        "lease_until_ms": now_ms + lease_ms,
+        "expires_ms": now_ms + ttl_ms,
+    }
