@@ -72,6 +72,17 @@ def _enroll(client: TestClient, person: str, data: bytes) -> Any:
     )
 
 
+def _enroll_until_refused(client: TestClient, photos: list[tuple[str, bytes]]) -> tuple[list[str], Any]:
+    """Enroll one photo after another until one is refused: (who was enrolled, the refusal)."""
+    enrolled: list[str] = []
+    for person, data in photos:
+        response = _enroll(client, person, data)
+        if response.status_code != 201:
+            return enrolled, response
+        enrolled.append(person)
+    return enrolled, None
+
+
 def test_sqlite_on_a_full_disk_answers_507_keeps_serving_and_recovers(
     tmpfs: Mount, tmp_path: Path, lfw_root: Path
 ) -> None:
@@ -82,14 +93,7 @@ def test_sqlite_on_a_full_disk_answers_507_keeps_serving_and_recovers(
     photos = _photos(lfw_root, 80)
     with TestClient(create_app(settings)) as client:
         assert client.post("/v1/collections", json={"name": "full"}).status_code == 201
-        enrolled: list[str] = []
-        refused = None
-        for person, data in photos:
-            response = _enroll(client, person, data)
-            if response.status_code != 201:
-                refused = response
-                break
-            enrolled.append(person)
+        enrolled, refused = _enroll_until_refused(client, photos)
         assert refused is not None, "the 2 MB volume never filled"
         body = assert_problem(refused, 507, "insufficient_storage")
         assert body["storage"] == "store"
@@ -141,14 +145,7 @@ def test_postgresql_on_a_full_disk_answers_507_deletes_and_recovers(
         assert client.post("/v1/collections", json={"name": "full"}).status_code == 201
         filler = volume / "filler"
         filler.write_bytes(b"\0" * (shutil.disk_usage(volume).free - 300_000))
-        enrolled: list[str] = []
-        refused = None
-        for person, data in photos:
-            response = _enroll(client, person, data)
-            if response.status_code != 201:
-                refused = response
-                break
-            enrolled.append(person)
+        enrolled, refused = _enroll_until_refused(client, photos)
         assert refused is not None, "the volume never filled"
         body = assert_problem(refused, 507, "insufficient_storage")
         assert body["storage"] == "store"
