@@ -52,8 +52,8 @@ class ReconcileReport:
 class IndexInfo:
     """What serves one collection's searches (``GET /v1/collections/{c}``, ``/readyz``).
 
-    ``kind``: ``exact`` (flat scan), ``compressed`` (IVF codes re-ranked exactly) or the Milvus index
-    type; ``state``: ``ready``, or ``building`` while a compressed index trains in the background
+    ``kind``: ``exact`` (flat scan), ``compressed`` (PQ4 or IVF codes, re-ranked exactly) or the
+    Milvus index type; ``state``: ``ready``, or ``building`` while a compressed index trains in the background
     (the exact index keeps serving meanwhile)."""
 
     kind: str
