@@ -32,6 +32,19 @@ ENGINE_ERRORS: tuple[type[Exception], ...] = (MilvusException, grpc.RpcError)
 # the pending-write push tries the engine (FACES_INDEX_RETRY_INTERVAL_S, 1 s), so that a write stored
 # during an outage is searchable about a second after Milvus serves again.
 RECONNECT_INTERVAL_S = 0.5
+# One reconnect attempt (connect, then a real request) gives up after this long: a server still
+# starting can hold a request until its deadline, and the attempt after it must not start late.
+RECONNECT_ATTEMPT_TIMEOUT_S = 2.0
+# gRPC channel options for a server. gRPC shares subchannels between channels to the same target
+# (a process-wide pool), so a "fresh" channel inherited the old one's reconnect backoff, which grows
+# to minutes while Milvus is down: a replica stayed unready long after Milvus was back. Each of our
+# channels gets its own subchannels, and a channel retries a lost server at least every second.
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
 # A replaced client is closed this much later, so calls still running on it can finish.
 STALE_CLOSE_DELAY_S = 30.0
 
@@ -53,11 +66,12 @@ class MilvusConnection:
         self._remote = "://" in uri
         if self._remote:
             self._connect_args["dedicated"] = True
+            self._connect_args["grpc_options"] = dict(CHANNEL_OPTIONS)
         self._lock = threading.Lock()
         self._broken: str | None = None  # why the circuit is open; None: calls go through
         self._reconnecting = False
         self._closed = threading.Event()
-        self._client = self._open()
+        self._client = self._open(timeout_s)
 
     @property
     def call_timeout(self) -> dict[str, float]:
@@ -72,8 +86,8 @@ class MilvusConnection:
             raise MilvusException(message=f"Milvus at {self.uri} is reconnecting after: {reason}")
         return self._client
 
-    def _open(self) -> MilvusClient:
-        client = MilvusClient(**self._connect_args)
+    def _open(self, timeout_s: float) -> MilvusClient:
+        client = MilvusClient(**{**self._connect_args, "timeout": timeout_s})
         if self._remote:
             # Recovery is ours (module docstring): pymilvus' in-place recovery waits under a global
             # lock. pymilvus is pinned; tests/test_milvus_server.py restarts a real server.
@@ -100,11 +114,14 @@ class MilvusConnection:
             while not self._closed.is_set():
                 attempts += 1
                 try:
-                    fresh = self._open()
-                    fresh.get_server_version(timeout=self._timeout_s)  # a real request, not a socket
+                    attempt_s = min(self._timeout_s, RECONNECT_ATTEMPT_TIMEOUT_S)
+                    fresh = self._open(attempt_s)
+                    fresh.get_server_version(timeout=attempt_s)  # a real request, not a socket
                 except Exception as exc:
-                    if attempts == 1:
-                        logger.warning("Milvus at %s unreachable (%s); retrying", self.uri, exc)
+                    if attempts & (attempts - 1) == 0:  # 1, 2, 4, 8, ...: a trace without a flood
+                        logger.warning(
+                            "Milvus at %s unreachable (attempt %d: %s); retrying", self.uri, attempts, exc
+                        )
                     self._closed.wait(RECONNECT_INTERVAL_S)
                     continue
                 stale, self._client = self._client, fresh
