@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -194,14 +195,7 @@ class IndexRegistry:
             pk,
             revision,
             count,
-            lambda path: CollectionIndex.load(
-                path,
-                self._dim,
-                use_gpu=self._use_gpu,
-                search_threads=self._search_threads,
-                min_block=self._min_block,
-                block_threads=self._block_threads,
-            ),
+            lambda path: self._new_index(CollectionIndex.read_snapshot(path, self._dim)),
         )
         if loaded_exact is not None:
             return loaded_exact
@@ -349,9 +343,11 @@ class IndexRegistry:
             indexes = list(self._indexes.items())
         self._snapshots.save_all(indexes, self._store)
 
-    def _new_index(self) -> CollectionIndex:
+    def _new_index(self, index: Any = None) -> CollectionIndex:
+        """An exact index with this registry's search options: empty, or around a loaded snapshot."""
         return CollectionIndex(
             self._dim,
+            index=index,
             use_gpu=self._use_gpu,
             search_threads=self._search_threads,
             min_block=self._min_block,

@@ -197,28 +197,13 @@ class CollectionIndex:
             faiss.write_index(self._index, str(tmp))
         tmp.replace(path)
 
-    @classmethod
-    def load(
-        cls,
-        path: Path,
-        dim: int,
-        *,
-        use_gpu: bool = False,
-        search_threads: int = 1,
-        min_block: int = DEFAULT_MIN_BLOCK,
-        block_threads: int = DEFAULT_BLOCK_THREADS,
-    ) -> CollectionIndex:
+    @staticmethod
+    def read_snapshot(path: Path, dim: int) -> Any:
+        """The FAISS index saved by ``save`` (the caller wraps it with its search options)."""
         index = faiss.read_index(str(path))
         if index.d != dim:
             raise ValueError(f"snapshot dim {index.d} != model dim {dim}")
-        return cls(
-            dim,
-            use_gpu=use_gpu,
-            index=index,
-            search_threads=search_threads,
-            min_block=min_block,
-            block_threads=block_threads,
-        )
+        return index
 
 
 def _top_k(
