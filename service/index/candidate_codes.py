@@ -19,6 +19,9 @@ from typing import Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from service.index.ivf_training import CODECS, IvfScalarCodes
+from service.index.pq_fastscan import PqFastScanCodes
+
 Codec = Literal["PQ4", "SQ8", "fp16"]
 
 
@@ -74,22 +77,14 @@ def train_codes(
 ) -> CandidateCodes:
     """Empty codes of ``codec`` trained on ``sample`` (``shards``: PQ4's side-by-side scans)."""
     if codec == "PQ4":
-        from service.index.pq_fastscan import PqFastScanCodes
-
         return PqFastScanCodes.train(dim, sample, shards)
-    from service.index.ivf_training import IvfScalarCodes
-
     return IvfScalarCodes.train(dim, codec, sample, nlist=nlist, iterations=iterations, seed=seed)
 
 
 def read_codes(codec: str, path: Path, *, nprobe: int) -> CandidateCodes:
     """Codes written by ``CandidateCodes.write``."""
     if codec == "PQ4":
-        from service.index.pq_fastscan import PqFastScanCodes
-
         return PqFastScanCodes.read(path)
-    from service.index.ivf_training import CODECS, IvfScalarCodes
-
     if codec not in CODECS:
         raise ValueError(f"unknown codec {codec}")
     return IvfScalarCodes.read(codec, path, nprobe=nprobe)

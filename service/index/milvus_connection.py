@@ -55,12 +55,7 @@ class MilvusConnection:
     def __init__(self, uri: str, *, token: str, db_name: str, timeout_s: float) -> None:
         self.uri = uri
         self._timeout_s = timeout_s
-        self._connect_args: dict[str, Any] = {
-            "uri": uri,
-            "token": token,
-            "db_name": db_name,
-            "timeout": timeout_s,
-        }
+        self._connect_args: dict[str, Any] = {"uri": uri, "token": token, "db_name": db_name}
         # A server gets a connection of its own, so that a reconnect really replaces it rather than
         # handing back pymilvus' shared, possibly stale, channel.
         self._remote = "://" in uri
@@ -87,7 +82,7 @@ class MilvusConnection:
         return self._client
 
     def _open(self, timeout_s: float) -> MilvusClient:
-        client = MilvusClient(**{**self._connect_args, "timeout": timeout_s})
+        client = MilvusClient(**self._connect_args, timeout=timeout_s)
         if self._remote:
             # Recovery is ours (module docstring): pymilvus' in-place recovery waits under a global
             # lock. pymilvus is pinned; tests/test_milvus_server.py restarts a real server.
@@ -110,14 +105,17 @@ class MilvusConnection:
 
     def _reconnect(self) -> None:
         attempts = 0
+        attempt_s = min(self._timeout_s, RECONNECT_ATTEMPT_TIMEOUT_S)
         try:
             while not self._closed.is_set():
                 attempts += 1
+                fresh: MilvusClient | None = None
                 try:
-                    attempt_s = min(self._timeout_s, RECONNECT_ATTEMPT_TIMEOUT_S)
                     fresh = self._open(attempt_s)
                     fresh.get_server_version(timeout=attempt_s)  # a real request, not a socket
                 except Exception as exc:
+                    if fresh is not None:  # connected but not answering: its channel goes too
+                        _close_quietly(fresh)
                     if attempts & (attempts - 1) == 0:  # 1, 2, 4, 8, ...: a trace without a flood
                         logger.warning(
                             "Milvus at %s unreachable (attempt %d: %s); retrying", self.uri, attempts, exc
